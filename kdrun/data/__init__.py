@@ -1,0 +1,51 @@
+"""Datasets by name. Each loader takes the dataset config and returns `RawData` on the CPU."""
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+
+from kdrun.data.base import DataInfo, Dataset, RawData, Split, channel_stats, hold_out
+from kdrun.errors import require
+from kdrun.registry import Registry
+
+DATASETS: Registry = Registry("dataset", "dataset")
+
+# Loaders register themselves on import.
+from kdrun.data import digits, synthetic  # noqa: E402,F401
+
+
+def build_dataset(cfg: DictConfig, device: torch.device) -> Dataset:
+    loader = DATASETS.get(cfg.name)
+    for key in ("train_size", "test_size"):
+        value = cfg.get(key)
+        require(value is None or int(value) > 0, f"dataset.{key} must be a positive number or null, got {value}.")
+    val_size = int(cfg.get("val_size") or 0)
+    require(val_size >= 0, f"dataset.val_size must be 0 or more, got {val_size}.")
+    raw: RawData = loader(cfg)
+    train, test = raw.train, raw.test
+    if cfg.get("test_size"):
+        test = test.take(torch.arange(min(int(cfg.test_size), len(test))))
+    val = None
+    if val_size:
+        require(
+            val_size < len(train),
+            f"dataset.val_size={val_size} leaves no training data: the training split has {len(train)} examples.",
+        )
+        train, val = hold_out(train, val_size, seed=int(cfg.get("val_seed", 0)))
+    if cfg.get("train_size"):
+        train = train.take(torch.arange(min(int(cfg.train_size), len(train))))
+    mean, std = channel_stats(train.x)
+    return Dataset(
+        name=str(cfg.name),
+        train=train.to(device),
+        test=test.to(device),
+        val=val.to(device) if val is not None else None,
+        num_classes=raw.num_classes,
+        mean=mean.to(device),
+        std=std.to(device),
+        augment=raw.augment,
+        class_names=raw.class_names,
+    )
+
+
+__all__ = ["DATASETS", "DataInfo", "Dataset", "RawData", "Split", "build_dataset"]

@@ -1,0 +1,26 @@
+"""Distillation methods by name (`method=NAME`); each is one `Distiller` subclass."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch.nn as nn
+from omegaconf import DictConfig
+
+from kdrun.data.base import DataInfo
+from kdrun.registry import Registry
+
+METHODS: Registry = Registry("method", "method")
+
+from kdrun.methods import ce, kd  # noqa: E402,F401  (register themselves)
+from kdrun.methods.base import Distiller  # noqa: E402
+
+
+def method_class(name: str) -> type[Distiller]:
+    return METHODS.get(name)
+
+
+def build_method(cfg: DictConfig, student: nn.Module, teacher: Optional[nn.Module], info: DataInfo) -> Distiller:
+    return method_class(cfg.name)(student, teacher, cfg, info)
+
+
+__all__ = ["METHODS", "Distiller", "build_method", "method_class"]

@@ -1,0 +1,67 @@
+"""Features read with forward hooks addressed by module path (torchdistill style).
+
+A path names a submodule as `model.named_modules()` does (`layer3.1`, `hidden.0.1`); the hook keeps
+its output. `PATH:in` keeps the module's input instead (e.g. `fc:in`, the embedding a classifier
+sees, or a ReLU's input, the pre-activation). No model's forward is rewritten.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from kdrun.errors import UserError
+
+
+def resolve(model: nn.Module, path: str, role: str = "model") -> tuple[nn.Module, bool]:
+    name, _, port = path.partition(":")
+    if port not in ("", "in", "out"):
+        raise UserError(f"Feature path {path!r}: the part after ':' must be 'in' or 'out'.")
+    modules = dict(model.named_modules())
+    if name not in modules:
+        valid = [n for n in modules if n]
+        raise UserError(
+            f"The {role} ({type(model).__name__}) has no module {name!r} to read features from. "
+            f"Valid module paths: {', '.join(valid)}. Add ':in' to read a module's input."
+        )
+    return modules[name], port == "in"
+
+
+class FeatureHooks:
+    """Registers hooks for `paths` on `model`; after each forward, `.features[path]` holds the tensor."""
+
+    def __init__(self, model: nn.Module, paths: list[str], role: str = "model"):
+        self.paths = list(dict.fromkeys(paths))
+        self.features: dict[str, torch.Tensor] = {}
+        self._handles = []
+        for path in self.paths:
+            module, want_input = resolve(model, path, role)
+            self._handles.append(module.register_forward_hook(self._keeper(path, want_input)))
+
+    def _keeper(self, path: str, want_input: bool):
+        def hook(module, inputs, output):
+            self.features[path] = inputs[0] if want_input else output
+
+        return hook
+
+    def take(self) -> dict[str, torch.Tensor]:
+        out, self.features = self.features, {}
+        return out
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+@torch.no_grad()
+def feature_shapes(model: nn.Module, paths: list[str], sample: torch.Tensor, role: str = "model") -> dict:
+    """Shapes (without the batch dimension) of the features at `paths` for an input like `sample`."""
+    hooks = FeatureHooks(model, paths, role)
+    was_training = model.training
+    model.eval()
+    try:
+        model(sample)
+        return {p: tuple(t.shape[1:]) for p, t in hooks.take().items()}
+    finally:
+        hooks.remove()
+        model.train(was_training)

@@ -1,0 +1,44 @@
+"""Multi-layer perceptrons, Hinton et al. 2015's MNIST nets among them (two hidden ReLU layers)."""
+from __future__ import annotations
+
+from functools import partial
+from math import prod
+
+import torch
+import torch.nn as nn
+
+
+class MLP(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int, image_size, hidden=(1200, 1200),
+                 dropout: float = 0.0, input_dropout: float = 0.0):
+        super().__init__()
+        width = in_channels * prod(image_size)
+        self.input_dropout = nn.Dropout(input_dropout)
+        layers = []
+        for h in hidden:
+            layers.append(nn.Sequential(nn.Linear(width, h), nn.ReLU(inplace=False), nn.Dropout(dropout)))
+            width = h
+        self.hidden = nn.ModuleList(layers)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.input_dropout(x.flatten(1))
+        for layer in self.hidden:
+            x = layer(x)
+        return self.fc(x)
+
+    def feature_points(self) -> dict[str, list[str]]:
+        """Where methods read features: stage outputs, their pre-activations, the classifier's input."""
+        n = len(self.hidden)
+        return {
+            "stages": [f"hidden.{i}.1" for i in range(n)],
+            "preact": [f"hidden.{i}.0" for i in range(n)],
+            "embedding": ["fc:in"],
+        }
+
+
+from kdrun.models import MODELS  # noqa: E402
+
+MODELS.register("mlp", MLP)
+MODELS.register("mlp_1200", partial(MLP, hidden=(1200, 1200)))
+MODELS.register("mlp_800", partial(MLP, hidden=(800, 800)))

@@ -1,0 +1,45 @@
+"""Files that must survive a kill at any moment: written to a temporary file, then renamed."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from kdrun.errors import UserError
+
+
+def atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_torch(path: Path, obj) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def save_json(path: Path, obj) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+
+
+def load_torch(path: Path, what: str = "checkpoint"):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a torch file, unpickling refused
+        raise UserError(
+            f"The {what} {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+            f"kdrun does not start over silently: restore the file, or delete it to redo that work."
+        ) from None

@@ -1,0 +1,143 @@
+"""Train one stage: epochs of SGD over on-device batches, test after each epoch, a checkpoint each epoch.
+
+The per-epoch randomness (batch order, augmentation, dropout) is derived from (seed, stage, epoch),
+so a stage resumed from its checkpoint continues exactly as an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from kdrun.data.base import Dataset, Split
+from kdrun.errors import UserError
+from kdrun.methods.base import Distiller
+from kdrun.training.checkpoint import load_torch, save_torch
+from kdrun.training.progress import StageProgress
+from kdrun.training.recipe import Recipe
+
+log = logging.getLogger("kdrun")
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class StageResult:
+    history: list[dict] = field(default_factory=list)
+    train_images: int = 0
+    train_seconds: float = 0.0
+
+    @property
+    def test_acc(self) -> float:
+        return self.history[-1]["test_acc"]
+
+    @property
+    def val_acc(self) -> Optional[float]:
+        return self.history[-1].get("val_acc")
+
+
+def epoch_seed(seed: int, stage: str, epoch: int) -> int:
+    digest = hashlib.sha256(f"{seed}/{stage}/{epoch}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Dataset, split: Split, batch_size: int = 1000) -> float:
+    """Top-1 accuracy in percent."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=data.device)
+    for _, x, y in data.batches(split, batch_size, shuffle=False):
+        correct += (model(x).argmax(1) == y).sum()
+    model.train(was_training)
+    return round(100.0 * correct.item() / max(len(split), 1), 4)
+
+
+def fit(
+    distiller: Distiller,
+    data: Dataset,
+    recipe: Recipe,
+    *,
+    stage: str,
+    seed: int,
+    checkpoint: Optional[Path] = None,
+    progress: bool = False,
+    on_epoch: Optional[Callable[[dict], None]] = None,
+) -> StageResult:
+    params = [p for p in distiller.parameters() if p.requires_grad]
+    optimizer = recipe.optimizer(params)
+    scheduler = recipe.scheduler(optimizer)
+    result = StageResult()
+    start = 1
+    if checkpoint is not None and checkpoint.exists():
+        state = load_torch(checkpoint, f"checkpoint of stage {stage!r}")
+        distiller.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        result = StageResult(state["history"], state["train_images"], state["train_seconds"])
+        start = state["epoch"] + 1
+        for entry in result.history if on_epoch else ():
+            on_epoch(entry)
+        if start <= recipe.epochs:
+            log.info("Stage %s: resuming from %s after epoch %d.", stage, checkpoint, state["epoch"])
+
+    n = len(data.train)
+    batches = data.num_batches(data.train, recipe.batch_size)
+    with StageProgress(progress, stage, recipe.epochs, batches, start) as bar:
+        for epoch in range(start, recipe.epochs + 1):
+            distiller.train()
+            seed_e = epoch_seed(seed, stage, epoch)
+            torch.manual_seed(seed_e)
+            total = torch.zeros((), device=data.device)
+            terms: dict[str, torch.Tensor] = {}
+            t0 = time.perf_counter()
+            for _, x, y in data.batches(data.train, recipe.batch_size, shuffle=True, seed=seed_e, train=True):
+                _, losses = distiller.forward_train(x, y, epoch)
+                loss = sum(losses.values())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.detach() * len(y)
+                for k, v in losses.items():
+                    terms[k] = terms.get(k, 0) + v.detach() * len(y)
+                bar.batch_done()
+            scheduler.step()
+            train_loss = total.item() / n  # the one host sync of the epoch
+            result.train_seconds += time.perf_counter() - t0
+            result.train_images += n
+            if not math.isfinite(train_loss):
+                raise TrainingDiverged(
+                    f"Stage {stage}: the training loss became {train_loss} in epoch {epoch}. Lower the "
+                    f"learning rate (now {recipe.lr}), or check the temperature and loss weights of the method."
+                )
+            entry = {"stage": stage, "epoch": epoch, "train_loss": round(train_loss, 6),
+                     "losses": {k: round(v.item() / n, 6) for k, v in terms.items()},
+                     "lr": optimizer.param_groups[0]["lr"],
+                     "test_acc": evaluate(distiller.student, data, data.test)}
+            if data.val is not None:
+                entry["val_acc"] = evaluate(distiller.student, data, data.val)
+            result.history.append(entry)
+            if checkpoint is not None:
+                save_torch(checkpoint, {
+                    "stage": stage, "epoch": epoch, "model": distiller.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "history": result.history, "train_images": result.train_images,
+                    "train_seconds": result.train_seconds,
+                })
+            info = f"loss {train_loss:.4f}  test {entry['test_acc']:.2f}%"
+            if "val_acc" in entry:
+                info += f"  val {entry['val_acc']:.2f}%"
+            log.info("%s epoch %d/%d: %s", stage, epoch, recipe.epochs, info)
+            bar.epoch_done(info)
+            if on_epoch:
+                on_epoch(entry)
+    return result

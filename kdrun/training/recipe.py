@@ -1,0 +1,49 @@
+"""A training recipe (`train.*`, `teacher.train.*`, a stage's recipe): SGD with momentum, step decay."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from kdrun.errors import UserError, require
+
+
+@dataclass(frozen=True)
+class Recipe:
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: tuple[int, ...] = field(default_factory=tuple)
+    gamma: float = 0.1
+    nesterov: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, where: str = "train") -> "Recipe":
+        values = OmegaConf.to_container(cfg, resolve=True)
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"Unknown key(s) {unknown} in {where}. Valid keys: {sorted(known)}.")
+        values["milestones"] = tuple(int(m) for m in values.get("milestones") or ())
+        r = cls(**values)
+        require(int(r.epochs) >= 1, f"{where}.epochs must be at least 1, got {r.epochs}.")
+        require(int(r.batch_size) >= 1, f"{where}.batch_size must be at least 1, got {r.batch_size}.")
+        require(float(r.lr) > 0, f"{where}.lr must be positive, got {r.lr}.")
+        require(0 <= float(r.momentum) < 1, f"{where}.momentum must lie in [0, 1), got {r.momentum}.")
+        require(float(r.weight_decay) >= 0, f"{where}.weight_decay must be 0 or more, got {r.weight_decay}.")
+        return r
+
+    def optimizer(self, params) -> torch.optim.Optimizer:
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                               nesterov=self.nesterov and self.momentum > 0)
+
+    def scheduler(self, optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(self.milestones), gamma=self.gamma)
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["milestones"] = list(self.milestones)
+        return d

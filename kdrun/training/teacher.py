@@ -1,0 +1,127 @@
+"""The teacher: loaded from `teacher.checkpoint`, or trained with its own recipe and kept in a cache.
+
+The cache key covers everything that determines the trained weights (model and its arguments, the
+dataset config, the recipe, the seed), so any run that asks for the same teacher reuses it. A file
+lock makes concurrent sweep jobs train a missing teacher once; the others wait and load it.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from omegaconf import DictConfig, OmegaConf
+
+from kdrun.data.base import Dataset
+from kdrun.errors import UserError
+from kdrun.methods import method_class
+from kdrun.models import build_model, model_label
+from kdrun.training.checkpoint import load_torch, save_torch
+from kdrun.training.loop import evaluate, fit
+from kdrun.training.recipe import Recipe
+
+log = logging.getLogger("kdrun")
+CACHE_FORMAT = 1
+
+
+def cache_key(model_cfg: DictConfig, dataset_cfg: DictConfig, recipe: Recipe, seed: int) -> str:
+    model = {k: v for k, v in OmegaConf.to_container(model_cfg, resolve=True).items()
+             if k not in ("checkpoint", "train")}
+    dataset = {k: v for k, v in OmegaConf.to_container(dataset_cfg, resolve=True).items() if k != "download"}
+    if dataset.get("root"):
+        dataset["root"] = str(Path(dataset["root"]).expanduser().resolve())
+    blob = json.dumps({"model": model, "dataset": dataset, "recipe": recipe.as_dict(), "seed": seed,
+                       "format": CACHE_FORMAT}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cache_path(cache_dir: Path, model_cfg: DictConfig, dataset_cfg: DictConfig, recipe: Recipe, seed: int) -> Path:
+    key = cache_key(model_cfg, dataset_cfg, recipe, seed)
+    return Path(cache_dir) / "teachers" / f"{model_label(model_cfg)}-{dataset_cfg.name}-s{seed}-{key}.pt"
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def extract_state_dict(obj) -> dict:
+    """Accept kdrun's files and the usual layouts of other KD code (RepDistiller, mdistiller, ...)."""
+    if isinstance(obj, dict):
+        for key in ("student", "state_dict", "model", "net"):
+            if key in obj and isinstance(obj[key], dict):
+                return extract_state_dict(obj[key])
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError("no state dict of tensors found")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_weights(model: nn.Module, path: Path, label: str) -> None:
+    if not path.is_file():
+        raise UserError(f"teacher.checkpoint {path} does not exist. Give the path of a weights file, or "
+                        f"teacher.checkpoint=null to train the teacher (or reuse it from the cache).")
+    state = load_torch(path, "teacher checkpoint")
+    try:
+        model.load_state_dict(extract_state_dict(state))
+    except (RuntimeError, UserError) as e:
+        detail = str(e).strip().splitlines()
+        raise UserError(
+            f"teacher.checkpoint {path} does not fit teacher={label} on this dataset "
+            f"({' '.join(detail[:3])[:400]}). Choose the teacher model (and dataset) it was trained for, "
+            f"or teacher.checkpoint=null to train one."
+        ) from None
+
+
+def train_teacher(cfg: DictConfig, data: Dataset, recipe: Recipe, seed: int, progress: bool,
+                  partial: Path) -> tuple[nn.Module, float]:
+    model = build_model(cfg.teacher, data.info).to(data.device)
+    torch.manual_seed(seed)
+    trainer = method_class("ce")(model, None, OmegaConf.create({"name": "ce"}), data.info)
+    result = fit(trainer, data, recipe, stage="teacher", seed=seed, checkpoint=partial, progress=progress)
+    return model, result.test_acc
+
+
+def obtain_teacher(cfg: DictConfig, teacher: nn.Module, data: Dataset, progress: bool) -> tuple[float, str]:
+    """Fill `teacher` with trained weights. Returns its test accuracy and where it came from."""
+    label = model_label(cfg.teacher)
+    if cfg.teacher.get("checkpoint"):
+        path = Path(str(cfg.teacher.checkpoint)).expanduser()
+        load_weights(teacher, path, label)
+        acc = evaluate(teacher, data, data.test)
+        log.info("Teacher %s loaded from %s (test acc %.2f%%).", label, path, acc)
+        return acc, str(path)
+    recipe = Recipe.from_config(cfg.teacher.train, "teacher.train")
+    seed = int(cfg.seed)
+    path = cache_path(Path(cfg.cache_dir), cfg.teacher, cfg.dataset, recipe, seed)
+    with file_lock(path):
+        if path.exists():
+            entry = load_torch(path, "cached teacher")
+            teacher.load_state_dict(entry["state_dict"])
+            log.info("Teacher %s reused from the teacher cache: %s (test acc %.2f%%, no training).",
+                     label, path, entry["test_acc"])
+            return float(entry["test_acc"]), str(path)
+        log.info("Teacher %s not in the cache: training it (%d epochs), then caching it at %s.",
+                 label, recipe.epochs, path)
+        partial = path.with_suffix(".partial.pt")
+        trained, acc = train_teacher(cfg, data, recipe, seed, progress, partial)
+        save_torch(path, {"state_dict": trained.state_dict(), "test_acc": acc, "model": label,
+                          "dataset": str(cfg.dataset.name), "recipe": recipe.as_dict(), "seed": seed})
+        partial.unlink(missing_ok=True)
+        teacher.load_state_dict(trained.state_dict())
+        log.info("Teacher %s trained: test acc %.2f%%.", label, acc)
+        return acc, str(path)
+
+
+__all__ = ["obtain_teacher", "cache_key", "cache_path", "extract_state_dict", "load_weights"]

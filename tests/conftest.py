@@ -1,0 +1,58 @@
+"""Shared helpers: compose configs with hydra.compose, run the CLI in a subprocess."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from kdrun.configs import CONFIG_DIR, register_configs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own teacher cache, so no test sees another's teachers."""
+    monkeypatch.setenv("KDRUN_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def compose_config(overrides=(), return_hydra_config: bool = False):
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+def group_options(group: str) -> list[str]:
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
+
+
+def kdrun_cli(args, cwd, env=None, timeout=300, entry="kdrun") -> subprocess.CompletedProcess:
+    """Run `kdrun ARGS` (or another console script) as a user would, from `cwd`."""
+    module = {"kdrun": "kdrun", "kdrun-report": "kdrun.results.report"}[entry]
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_dirs(root: Path) -> list[Path]:
+    return sorted(p.parent for p in Path(root).rglob("metrics.json"))
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+# Quick settings for runs in tests: tiny synthetic data, one short epoch each.
+QUICK = ["dataset=synthetic", "dataset.train_size=64", "dataset.test_size=32", "dataset.image_size=8",
+         "train.epochs=1", "train.batch_size=32", "teacher.train.epochs=1", "teacher.train.batch_size=32",
+         "teacher=mlp", "teacher.hidden=[32]", "student=mlp", "student.hidden=[16]", "progress=false"]
