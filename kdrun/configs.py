@@ -13,7 +13,18 @@ from hydra.core.config_store import ConfigStore
 
 from kdrun.models import MODELS, model_defaults
 
-CONFIG_DIR = str(Path(str(files("kdrun.conf"))).resolve())
+
+
+def _config_dir() -> str:
+    # In a checkout (or a worktree) the top-level conf/ next to the package is the source of truth;
+    # an installed wheel carries it as the package kdrun.conf.
+    checkout = Path(__file__).resolve().parent.parent / "conf"
+    if (checkout / "config.yaml").is_file():
+        return str(checkout)
+    return str(Path(str(files("kdrun.conf"))).resolve())
+
+
+CONFIG_DIR = _config_dir()
 
 _registered = False
 
