@@ -47,6 +47,7 @@ class DataInfo:
     channels: int
     image_size: tuple[int, int]
     num_classes: int
+    train_size: int = 0  # examples in the training split (memory banks are sized by it)
 
 
 @dataclass
@@ -64,7 +65,7 @@ class Dataset:
     @property
     def info(self) -> DataInfo:
         _, c, h, w = self.train.x.shape
-        return DataInfo(int(c), (int(h), int(w)), self.num_classes)
+        return DataInfo(int(c), (int(h), int(w)), self.num_classes, len(self.train))
 
     @property
     def device(self) -> torch.device:

@@ -73,17 +73,41 @@ class Distiller(nn.Module):
             logits = self.teacher(x)
         return logits, self._teacher_hooks.take() if self._teacher_hooks else {}
 
-    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int = 1) -> tuple[torch.Tensor, dict]:
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int = 1,
+                      index: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict]:
+        """Student logits and the named, weighted loss terms of one training batch.
+
+        `index` holds the batch's positions in the training split (memory banks key on it).
+        In the initialisation phase (`self.phase == "init"`) the terms come from `init_losses`.
+        """
         s_logits = self.student(x)
         s_feats = self._student_hooks.take() if self._student_hooks else {}
         t_logits, t_feats = self.teacher_forward(x) if self.uses_teacher else (None, {})
+        batch = dict(x=x, y=y, s_logits=s_logits, t_logits=t_logits, s_feats=s_feats, t_feats=t_feats,
+                     epoch=epoch, index=index)
+        if self.phase == "init":
+            return s_logits, self.init_losses(**batch)
         losses = {}
         if self.ce_weight:
             losses["ce"] = self.ce_weight * F.cross_entropy(s_logits, y)
-        losses.update(self.losses(x=x, y=y, s_logits=s_logits, t_logits=t_logits,
-                                  s_feats=s_feats, t_feats=t_feats, epoch=epoch))
+        losses.update(self.losses(**batch))
         return s_logits, losses
 
     def losses(self, **batch) -> dict[str, torch.Tensor]:
-        """The method's own terms, weighted. The base adds the hard-label term."""
+        """The method's own terms, weighted. The base adds the hard-label term.
+
+        `batch` has x, y, s_logits, t_logits, s_feats, t_feats (dicts by module path), epoch, index.
+        """
         return {}
+
+    # Methods with an initialisation stage (FitNet's hint stage, AB, FT, FSP) set `has_init_stage`
+    # and override the two methods below; the schedules run that stage with phase = "init".
+    has_init_stage: bool = False
+    phase: str = "main"
+
+    def init_losses(self, **batch) -> dict[str, torch.Tensor]:
+        raise TypeError(f"method {self.cfg.name!r} has no initialisation stage")
+
+    def init_parameters(self) -> list[nn.Parameter]:
+        """What the initialisation stage trains (e.g. the student up to the hint layer and the regressor)."""
+        raise TypeError(f"method {self.cfg.name!r} has no initialisation stage")

@@ -72,8 +72,10 @@ def fit(
     checkpoint: Optional[Path] = None,
     progress: bool = False,
     on_epoch: Optional[Callable[[dict], None]] = None,
+    parameters: Optional[list] = None,
 ) -> StageResult:
-    params = [p for p in distiller.parameters() if p.requires_grad]
+    """Train `parameters` (default: every trainable parameter of the method, student included)."""
+    params = parameters if parameters is not None else [p for p in distiller.parameters() if p.requires_grad]
     optimizer = recipe.optimizer(params)
     scheduler = recipe.scheduler(optimizer)
     result = StageResult()
@@ -100,8 +102,8 @@ def fit(
             total = torch.zeros((), device=data.device)
             terms: dict[str, torch.Tensor] = {}
             t0 = time.perf_counter()
-            for _, x, y in data.batches(data.train, recipe.batch_size, shuffle=True, seed=seed_e, train=True):
-                _, losses = distiller.forward_train(x, y, epoch)
+            for idx, x, y in data.batches(data.train, recipe.batch_size, shuffle=True, seed=seed_e, train=True):
+                _, losses = distiller.forward_train(x, y, epoch, idx)
                 loss = sum(losses.values())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
