@@ -322,11 +322,14 @@ def tiny_pair(seed=0):
     return TinyConv(width=3), TinyConv(width=5)
 
 
+X, Y6, INDEX = torch.randn(6, 2, 6, 6, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 0, 1, 2]), \
+    torch.tensor([0, 5, 9, 17, 33, 39])
+
+
 def one_step(name, **over):
     student, teacher = tiny_pair()
     method = build_method(method_cfg(name, nce_k=8, **over), student, teacher, INFO)
-    x, y = torch.randn(6, 2, 6, 6), torch.tensor([0, 1, 2, 0, 1, 2])
-    _, losses = method.forward_train(x, y, epoch=1, index=torch.tensor([0, 5, 9, 17, 33, 39]))
+    _, losses = method.forward_train(X, Y6, epoch=1, index=INDEX)
     return method, student, teacher, losses
 
 
@@ -357,10 +360,25 @@ def test_helpers_are_saved_with_the_method(name, own):
 
 @pytest.mark.parametrize("name", OURS)
 def test_alpha_adds_the_kd_term(name):
-    *_, losses = one_step(name, alpha=0.5)
-    assert "kd" in losses and "ce" in losses
+    _, student, teacher, losses = one_step(name, alpha=0.3, T=2.0)
+    with torch.no_grad():
+        want = 0.3 * kd_loss(student(X), teacher(X), 2.0)
+    assert losses["kd"].item() == pytest.approx(want.item(), rel=1e-5)
+    ce_weight = 1.0 if name == "dkd" else 0.7  # dkd's config fixes ce_weight at 1 (mdistiller); others: 1 - alpha
+    assert losses["ce"].item() == pytest.approx(ce_weight * nn.functional.cross_entropy(student(X), Y6).item(), rel=1e-5)
     *_, losses = one_step(name)
     assert "kd" not in losses
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_beta_weights_the_method_terms(name):
+    *_, one = one_step(name, beta=1.0)
+    *_, three = one_step(name, beta=3.0)
+    *_, none = one_step(name, beta=0.0)
+    assert set(one) == set(three) and set(none) == {"ce"}
+    for term in set(one) - {"ce"}:
+        assert three[term].item() == pytest.approx(3 * one[term].item(), rel=1e-5)
+        assert one[term].item() > 0
 
 
 def test_default_features_follow_repdistiller():
