@@ -393,6 +393,24 @@ def test_default_features_follow_repdistiller():
     assert vid._teacher_hooks.paths == ["stage2"] and len(vid.regressors) == 1
 
 
+class ThreeStages(TinyConv):
+    def __init__(self):
+        super().__init__(width=5)
+        self.stage3 = nn.Conv2d(10, 10, 1)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.stage3(self.stage2(self.stage1(x)))))
+
+    def feature_points(self):
+        return {**super().feature_points(), "stages": ["stage1", "stage2", "stage3"]}
+
+
+def test_vid_pairs_stages_from_the_first_when_the_counts_differ():
+    student, _ = tiny_pair()
+    vid = build_method(method_cfg("vid"), student, ThreeStages(), INFO)  # RepDistiller zips the stage lists
+    assert vid._student_hooks.paths == ["stage1", "stage2"] and vid._teacher_hooks.paths == ["stage1", "stage2"]
+
+
 # ---- refused before training ----
 
 @pytest.mark.parametrize("name", OURS)

@@ -6,6 +6,7 @@ config (`student_features` / `teacher_features`: lists of module paths) when it 
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import torch
@@ -14,6 +15,8 @@ import torch.nn as nn
 from kdrun.errors import require
 from kdrun.methods.base import Distiller
 from kdrun.methods.kd import check_temperature_and_alpha, kd_loss
+
+log = logging.getLogger("kdrun")
 
 
 class WeightedDistiller(Distiller):
@@ -61,8 +64,15 @@ class WeightedDistiller(Distiller):
         return pick(available)
 
     def paired_paths(self, group: str, pick: Callable[[list[str]], list[str]]) -> tuple[list[str], list[str]]:
-        """Student and teacher paths read in pairs (one loss per pair): both lists must be as long."""
+        """Student and teacher paths read in pairs (one loss per pair). Default lists of different
+        lengths are paired from the first stage on, as RepDistiller zips them; named lists must match."""
         s_paths, t_paths = self.feature_paths("student", group, pick), self.feature_paths("teacher", group, pick)
+        named = self.cfg.get("student_features") is not None or self.cfg.get("teacher_features") is not None
+        if len(s_paths) != len(t_paths) and not named:
+            n = min(len(s_paths), len(t_paths))
+            log.info("%s: the student has %d %s and the teacher %d; pairing the first %d: %s.", self.cfg.name,
+                     len(s_paths), group, len(t_paths), n, list(zip(s_paths[:n], t_paths[:n])))
+            s_paths, t_paths = s_paths[:n], t_paths[:n]
         require(len(s_paths) == len(t_paths),
                 f"{self.cfg.name} compares student and teacher features in pairs, but got {len(s_paths)} "
                 f"student path(s) {s_paths} and {len(t_paths)} teacher path(s) {t_paths}. Give as many "
