@@ -5,13 +5,15 @@ with delta_i = |e^s_i - e^t_i|, loss = mean_i sum_d delta_i,d * delta_i+1,d over
 examples of the batch: the correlation between examples that the author's code estimates on the
 batch, which is what the published CIFAR-100 numbers (and beta = 0.02) were obtained with.
 """
+from math import prod
+
 import torch
+import torch.nn as nn
 
 from kdrun.errors import require
 from kdrun.methods import METHODS
-from kdrun.methods.weighted import WeightedDistiller, flat, linear_embedding, zero_like_graph
+from kdrun.methods.weighted import WeightedDistiller, flat, zero_like_graph
 from kdrun.models.features import feature_shapes
-from math import prod
 
 
 def cc_loss(e_s: torch.Tensor, e_t: torch.Tensor) -> torch.Tensor:
@@ -33,8 +35,8 @@ class CorrelationCongruence(WeightedDistiller):
         self.s_path, self.t_path = self.single_path("student"), self.single_path("teacher")
         s_shape = feature_shapes(student, [self.s_path], self.sample_input(), "student")[self.s_path]
         t_shape = feature_shapes(teacher, [self.t_path], self.sample_input(), "teacher")[self.t_path]
-        self.embed_s = linear_embedding(prod(s_shape), int(cfg.feat_dim))
-        self.embed_t = linear_embedding(prod(t_shape), int(cfg.feat_dim))
+        self.embed_s = nn.Linear(prod(s_shape), int(cfg.feat_dim))
+        self.embed_t = nn.Linear(prod(t_shape), int(cfg.feat_dim))
         self.watch([self.s_path], [self.t_path])
 
     def method_terms(self, s_feats, t_feats, **_):

@@ -28,8 +28,10 @@ def dkd_terms(s_logits: torch.Tensor, t_logits: torch.Tensor, y: torch.Tensor, T
 
     s_binary, s_rest = binary_and_rest(s_logits)
     t_binary, t_rest = binary_and_rest(t_logits)
-    kl = lambda log_s, log_t: F.kl_div(log_s, log_t, reduction="batchmean", log_target=True)  # noqa: E731
-    return kl(s_binary, t_binary) * T * T, kl(s_rest, t_rest) * T * T
+    def kl(log_s, log_t):
+        return F.kl_div(log_s, log_t, reduction="batchmean", log_target=True) * T * T
+
+    return kl(s_binary, t_binary), kl(s_rest, t_rest)
 
 
 @METHODS.register("dkd")

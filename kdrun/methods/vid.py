@@ -26,8 +26,7 @@ def as_map(x: torch.Tensor) -> torch.Tensor:
 
 def match_sizes(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     size = (min(s.shape[2], t.shape[2]), min(s.shape[3], t.shape[3]))
-    pool = lambda x: x if tuple(x.shape[2:]) == size else F.adaptive_avg_pool2d(x, size)  # noqa: E731
-    return pool(s), pool(t)
+    return tuple(x if tuple(x.shape[2:]) == size else F.adaptive_avg_pool2d(x, size) for x in (s, t))
 
 
 def gaussian_nll(mean: torch.Tensor, target: torch.Tensor, log_scale: torch.Tensor, eps: float) -> torch.Tensor:
@@ -35,12 +34,15 @@ def gaussian_nll(mean: torch.Tensor, target: torch.Tensor, log_scale: torch.Tens
     return (0.5 * ((mean - target).pow(2) / var + var.log())).mean()
 
 
+def conv1x1(c_in: int, c_out: int) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, kernel_size=1, bias=False)
+
+
 class VariationalRegressor(nn.Module):
     def __init__(self, s_channels: int, t_channels: int, init_variance: float, eps: float):
         super().__init__()
-        conv = lambda i, o: nn.Conv2d(i, o, kernel_size=1, bias=False)  # noqa: E731
-        self.mean = nn.Sequential(conv(s_channels, t_channels), nn.ReLU(),
-                                  conv(t_channels, t_channels), nn.ReLU(), conv(t_channels, t_channels))
+        self.mean = nn.Sequential(conv1x1(s_channels, t_channels), nn.ReLU(),
+                                  conv1x1(t_channels, t_channels), nn.ReLU(), conv1x1(t_channels, t_channels))
         # softplus(log_scale) + eps = init_variance at the start
         self.log_scale = nn.Parameter(torch.full((t_channels,), math.log(math.expm1(init_variance - eps))))
         self.eps = eps

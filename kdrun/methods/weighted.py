@@ -10,7 +10,6 @@ import logging
 from typing import Callable
 
 import torch
-import torch.nn as nn
 
 from kdrun.errors import require
 from kdrun.methods.base import Distiller
@@ -94,6 +93,3 @@ def zero_like_graph(x: torch.Tensor) -> torch.Tensor:
     """A zero loss still attached to the graph (for batches too small for a relation)."""
     return x.sum() * 0.0
 
-
-def linear_embedding(dim_in: int, dim_out: int) -> nn.Module:
-    return nn.Sequential(nn.Flatten(1), nn.Linear(dim_in, dim_out))
