@@ -22,19 +22,24 @@ def _randint(high: int, shape: tuple, x: torch.Tensor, generator: Optional[torch
     return torch.randint(0, high, shape, generator=generator, device=device).to(x.device)
 
 
-def random_shift(x: torch.Tensor, max_shift: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def random_shift(x: torch.Tensor, max_shift: int, generator: Optional[torch.Generator] = None,
+                 flip: bool = False) -> torch.Tensor:
     """Shift each image by its own (dy, dx) in [-max_shift, max_shift], filling with zeros.
 
-    The same as padding by `max_shift` and cropping back to the original size at a random place.
+    The same as padding by `max_shift` and cropping back to the original size at a random place. With
+    `flip`, each image is also mirrored left-right with probability 1/2, in the same single copy.
     """
     if max_shift <= 0:
-        return x
+        return random_flip(x, generator) if flip else x
     n, c, h, w = x.shape
     padded = F.pad(x, (max_shift, max_shift, max_shift, max_shift))
-    # Every crop position as a view (n, c, 2s+1, 2s+1, h, w); one advanced index picks each image's own.
-    windows = padded.unfold(2, h, 1).unfold(3, w, 1)
+    mirrored = torch.stack([padded, padded.flip(3)], 1) if flip else padded.unsqueeze(1)
+    # Every crop position of both orientations as a view (n, 2, c, 2s+1, 2s+1, h, w); one advanced index
+    # picks each image's own. Cropping the mirrored padding at the mirrored place = crop, then flip.
+    windows = mirrored.unfold(3, h, 1).unfold(4, w, 1)
     top, left = _randint(2 * max_shift + 1, (2, n), x, generator)
-    return windows[torch.arange(n, device=x.device), :, top, left]
+    side = _randint(2, (n,), x, generator) if flip else torch.zeros(n, dtype=torch.long, device=x.device)
+    return windows[torch.arange(n, device=x.device), side, :, top, left]
 
 
 def random_flip(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -50,9 +55,8 @@ class Augmentation:
     flip: bool = False
 
     def __call__(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        x = random_shift(x, self.crop_padding, generator)
-        x = random_shift(x, self.translate, generator)
-        return random_flip(x, generator) if self.flip else x
+        x = random_shift(x, self.crop_padding, generator, flip=self.flip and not self.translate)
+        return random_shift(x, self.translate, generator, flip=self.flip) if self.translate else x
 
     def __bool__(self) -> bool:
         return bool(self.crop_padding or self.translate or self.flip)

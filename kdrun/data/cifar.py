@@ -47,7 +47,7 @@ def read_batch(path: Path) -> dict:
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
-@dataclass(frozen=True)
+@dataclass
 class CifarLayout:
     name: str  # the dataset's kdrun name
     folder: str  # under dataset.root

@@ -66,11 +66,12 @@ def require_files(
     missing = [name for name, path in found.items() if path is None]
     if not missing:
         return found  # type: ignore[return-value]
+    what = (f"no files under {folder}" if len(missing) == len(names)
+            else f"files missing under {folder}: {', '.join(missing)}")
     raise UserError(
-        f"{failure}dataset={dataset}: {'no files' if len(missing) == len(names) else 'files missing'} under "
-        f"{folder} (missing: {', '.join(missing)}; expected {expected}). Fix it in one of two ways: set "
-        f"dataset.root=DIR to the folder that holds {folder.relative_to(root).parts[0]}/, or allow the download "
-        f"with dataset.download=true on a machine with internet access (it fetches {source} into "
+        f"{failure}dataset={dataset}: {what} (expected {expected}). Fix it in one of two ways: set "
+        f"dataset.root=DIR to the folder that holds {folder.relative_to(root).as_posix()}/, or allow the "
+        f"download with dataset.download=true on a machine with internet access (it fetches {source} into "
         f"dataset.root; copy that folder here if this machine is offline)."
     )
 
