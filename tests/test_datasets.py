@@ -191,6 +191,13 @@ def test_missing_files_stop_the_run_with_the_fix(tmp_path):
     assert not folder.exists()  # download=false: nothing was fetched or created
 
 
+def test_one_missing_file_is_named(tmp_path):
+    write_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").unlink()
+    with pytest.raises(UserError, match=r"files missing under .*cifar-10-batches-py: test_batch \(expected"):
+        load(["dataset=cifar10", f"dataset.root={tmp_path}"])
+
+
 @pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar100"])
 def test_offline_download_fails_cleanly(tmp_path, monkeypatch, name):
     monkeypatch.setattr(mnist, "MIRRORS", [OFFLINE])
@@ -308,6 +315,19 @@ def test_training_batches_are_padded_with_black_before_normalising(tmp_path):
     assert bool((is_black | torch.isclose(out, white.expand_as(out))).all())
     assert 0 < int(is_black.any(1).sum((1, 2)).max()) <= 4 * 32 + 4 * 32 - 16  # at most 4 rows and 4 columns
     assert torch.allclose(data.prepare(x, train=False), white.expand_as(out))  # no augmentation at test time
+
+
+def test_training_batches_depend_only_on_the_seed(tmp_path):
+    write_cifar10(tmp_path, per_batch=8)
+    data = load(["dataset=cifar10", f"dataset.root={tmp_path}"])
+    first = list(data.batches(data.train, 16, shuffle=True, seed=3, train=True))
+    again = list(data.batches(data.train, 16, shuffle=True, seed=3, train=True))
+    other = list(data.batches(data.train, 16, shuffle=True, seed=4, train=True))
+    assert [len(y) for _, _, y in first] == [16, 16, 8]
+    assert all(torch.equal(a[1], b[1]) and torch.equal(a[2], b[2]) for a, b in zip(first, again))
+    assert not all(torch.equal(a[1], b[1]) for a, b in zip(first, other))
+    idx, x, y = first[0]
+    assert x.dtype == torch.float32 and torch.equal(y, data.train.y[idx])
 
 
 def test_augmentation_keys(tmp_path):
