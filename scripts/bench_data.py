@@ -39,7 +39,8 @@ def cifar_images(root: str | None, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         return x, y
     g = torch.Generator().manual_seed(0)
     print(f"images: {n} random 3x32x32 uint8 images (pass --root for CIFAR-10)")
-    return torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8), torch.randint(0, 10, (n,), generator=g)
+    x = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+    return x, torch.randint(0, 10, (n,), generator=g)
 
 
 def on_device(x, y, batch_size: int, device: torch.device) -> tuple[float, int]:
@@ -54,7 +55,7 @@ def on_device(x, y, batch_size: int, device: torch.device) -> tuple[float, int]:
     sync()
     t0 = time.perf_counter()
     count = 0
-    for _, xb, _ in data.batches(data.train, batch_size, shuffle=True, seed=1, train=True):
+    for _ in data.batches(data.train, batch_size, shuffle=True, seed=1, train=True):
         count += 1
     sync()
     return count / (time.perf_counter() - t0), count
@@ -87,7 +88,7 @@ def torchvision_loader(x, y, batch_size: int, workers: int) -> tuple[float, int]
                            T.Normalize((mean / 255).flatten().tolist(), (std / 255).flatten().tolist())])
     loader = torch.utils.data.DataLoader(PILImages(x, y, transform), batch_size=batch_size, shuffle=True,
                                          num_workers=workers, persistent_workers=workers > 0)
-    for i, _ in zip(range(2), loader):  # warm-up (and worker start-up)
+    for _ in zip(range(2), loader):  # warm-up (and worker start-up)
         pass
     t0 = time.perf_counter()
     count = 0
@@ -113,8 +114,9 @@ def main() -> None:
     ours, n_ours = on_device(x, y, a.batch_size, device)
     theirs, n_theirs = torchvision_loader(x, y, a.batch_size, a.workers)
     print(f"{'pipeline':<46} {'batches':>8} {'batches/s':>10} {'images/s':>10}")
-    print(f"{'kdrun on-device (uint8 tensor, crop+flip+norm)':<46} {n_ours:>8} {ours:>10.1f} {ours * a.batch_size:>10.0f}")
-    print(f"{'torchvision DataLoader (PIL transforms)':<46} {n_theirs:>8} {theirs:>10.1f} {theirs * a.batch_size:>10.0f}")
+    for label, rate, count in (("kdrun on-device (uint8 tensor, crop+flip+norm)", ours, n_ours),
+                               ("torchvision DataLoader (PIL transforms)", theirs, n_theirs)):
+        print(f"{label:<46} {count:>8} {rate:>10.1f} {rate * a.batch_size:>10.0f}")
     print(f"speed-up: {ours / theirs:.1f}x")
 
 

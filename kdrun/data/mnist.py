@@ -52,7 +52,8 @@ def _download(raw: Path) -> None:
         errors = []
         for mirror in MIRRORS:
             try:
-                download_and_extract_archive(f"{mirror}{name}.gz", download_root=str(raw), filename=f"{name}.gz", md5=md5)
+                download_and_extract_archive(f"{mirror}{name}.gz", download_root=str(raw), filename=f"{name}.gz",
+                                             md5=md5)
                 break
             except Exception as e:
                 errors.append(f"{mirror}: {type(e).__name__}: {e}")
