@@ -65,3 +65,28 @@ def feature_shapes(model: nn.Module, paths: list[str], sample: torch.Tensor, rol
     finally:
         hooks.remove()
         model.train(was_training)
+
+
+ROLES = ("stages", "preact", "embedding")
+
+
+def feature_points(model: nn.Module, role: str = "model") -> dict[str, list[str]]:
+    """The model's default feature points; a model without `feature_points()` gets a message saying
+    how to name paths instead."""
+    declare = getattr(model, "feature_points", None)
+    if declare is None:
+        paths = [n for n, _ in model.named_modules() if n]
+        raise UserError(
+            f"The {role} ({type(model).__name__}) declares no default feature points (a feature_points() "
+            f"method returning {{'stages': [...], 'preact': [...], 'embedding': [...]}}). Add one, or name "
+            f"the module paths in the method config. Valid module paths: {', '.join(paths)}."
+        )
+    points = declare()
+    return {key: list(points.get(key, [])) for key in ROLES}
+
+
+def default_feature_shapes(model: nn.Module, sample: torch.Tensor, role: str = "model") -> dict[str, list[tuple]]:
+    """Shapes (without the batch dimension) of the default feature points, in the order declared."""
+    points = feature_points(model, role)
+    shapes = feature_shapes(model, [p for key in ROLES for p in points[key]], sample, role)
+    return {key: [shapes[p] for p in points[key]] for key in ROLES}
