@@ -390,3 +390,36 @@ def test_map_methods_refuse_vector_features_with_a_clear_message():
     for name in ("fitnet", "ab"):
         _, losses = run_batch(build_method(config(name), mlp_s, mlp_t, INFO))
         assert losses[name].item() > 0
+
+
+# ---- in the training loop: init stage, then the main stage, checkpoints ----------------------------
+
+@pytest.mark.parametrize("name", sorted(DEFAULTS))
+def test_each_method_trains_in_the_loop_with_its_init_stage(name, tmp_path):
+    from kdrun.data import build_dataset
+    from kdrun.training.loop import fit
+    from kdrun.training.recipe import Recipe
+
+    data = build_dataset(OmegaConf.create({"name": "synthetic", "root": None, "download": False, "train_size": 32,
+                                           "test_size": 16, "val_size": 0, "channels": 1, "image_size": 8,
+                                           "num_classes": 3, "noise": 1.0, "data_seed": 0}), torch.device("cpu"))
+    recipe = Recipe.from_config(OmegaConf.create({"epochs": 1, "batch_size": 16, "lr": 0.01, "momentum": 0.9,
+                                                  "weight_decay": 5e-4, "milestones": [], "gamma": 0.1,
+                                                  "nesterov": False}))
+    student, teacher = pair()
+    method = build_method(config(name), student, teacher, data.info)
+    if method.has_init_stage:
+        frozen = {k: v.clone() for k, v in student.fc.state_dict().items()}
+        method.phase = "init"
+        result = fit(method, data, recipe, stage="init", seed=0, checkpoint=tmp_path / "init.pt",
+                     parameters=method.init_parameters())
+        method.phase = "main"
+        assert all(math.isfinite(v) for v in result.history[0]["losses"].values())
+        assert all(torch.equal(v, student.fc.state_dict()[k]) for k, v in frozen.items())  # not in the init stage
+    result = fit(method, data, recipe, stage="main", seed=0, checkpoint=tmp_path / "main.pt")
+    losses = result.history[0]["losses"]
+    assert "ce" in losses and all(math.isfinite(v) for v in losses.values())
+    assert (name in losses) != method.has_init_stage or name == "ft"
+    resumed = build_method(config(name), *pair(), data.info)
+    resumed.load_state_dict(torch.load(tmp_path / "main.pt", weights_only=True)["model"])
+    assert resumed.has_init_stage == getattr(resumed, "init_stage_ran", False)

@@ -44,7 +44,7 @@ class FeatureDistiller(Distiller):
         """(student paths, teacher paths), paired one to one.
 
         Given lists are used as they are; a default list is cut to the deepest entries that pair with
-        the other side, and `select` (e.g. FitNet's "the second stage") picks from default lists.
+        the other side, and `select(paths, model)` (e.g. FitNet's "the second stage") picks from default lists.
         """
         point = point or self.point
         given = {role: self.cfg.get(f"{role}_layers") for role in ("student", "teacher")}
@@ -57,10 +57,10 @@ class FeatureDistiller(Distiller):
         if given["student"] is None and given["teacher"] is None:
             n = min(len(paths["student"]), len(paths["teacher"]))
             paths = {role: p[len(p) - n:] for role, p in paths.items()}
-        for role in paths:
+        for role, model in (("student", self.student), ("teacher", self.teacher)):
             if given[role] is None:
                 if select is not None:
-                    paths[role] = select(paths[role])
+                    paths[role] = select(paths[role], model)
                 other = paths["teacher" if role == "student" else "student"]
                 paths[role] = paths[role][max(0, len(paths[role]) - len(other)):]
         s, t = paths["student"], paths["teacher"]

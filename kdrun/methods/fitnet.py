@@ -14,7 +14,7 @@ from kdrun.methods import METHODS
 from kdrun.methods.feature import FeatureDistiller, InitStage, regressor
 
 
-def second(paths: list[str]) -> list[str]:
+def second(paths: list[str], model=None) -> list[str]:
     return [paths[min(1, len(paths) - 1)]]
 
 

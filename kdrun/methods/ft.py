@@ -55,7 +55,7 @@ class FactorTransfer(InitStage, FeatureDistiller):
 
     def __init__(self, student, teacher, cfg, info):
         super().__init__(student, teacher, cfg, info)
-        self.s_paths, self.t_paths = self.layer_paths(select=lambda paths: paths[-1:])
+        self.s_paths, self.t_paths = self.layer_paths(select=lambda paths, model: paths[-1:])
         require(len(self.s_paths) == 1,
                 f"ft transfers one feature map: give one path in method.student_layers and method.teacher_layers, "
                 f"got {self.s_paths} and {self.t_paths}.")
