@@ -54,15 +54,16 @@ class FeatureDistiller(Distiller):
                 paths[role] = [str(p) for p in given[role]]
             else:
                 paths[role] = default_points(model, point, role)
+        models = {"student": self.student, "teacher": self.teacher}
         if given["student"] is None and given["teacher"] is None:
             n = min(len(paths["student"]), len(paths["teacher"]))
-            paths = {role: p[len(p) - n:] for role, p in paths.items()}
-        for role, model in (("student", self.student), ("teacher", self.teacher)):
-            if given[role] is None:
-                if select is not None:
-                    paths[role] = select(paths[role], model)
-                other = paths["teacher" if role == "student" else "student"]
-                paths[role] = paths[role][max(0, len(paths[role]) - len(other)):]
+            for role, p in paths.items():
+                paths[role] = select(p[len(p) - n:], models[role]) if select else p[len(p) - n:]
+        else:
+            for role, other in (("student", "teacher"), ("teacher", "student")):
+                if given[role] is None:
+                    p = select(paths[role], models[role]) if select else paths[role]
+                    paths[role] = p[max(0, len(p) - len(paths[other])):]
         s, t = paths["student"], paths["teacher"]
         require(len(s) == len(t) and len(s) > 0,
                 f"method {self.cfg.name!r} pairs student and teacher features one to one, but got {len(s)} "
