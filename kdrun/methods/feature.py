@@ -59,6 +59,8 @@ class FeatureDistiller(Distiller):
             n = min(len(paths["student"]), len(paths["teacher"]))
             for role, p in paths.items():
                 paths[role] = select(p[len(p) - n:], models[role]) if select else p[len(p) - n:]
+            n = min(len(paths["student"]), len(paths["teacher"]))  # `select` may add to one side only
+            paths = {role: p[len(p) - n:] for role, p in paths.items()}
         else:
             for role, other in (("student", "teacher"), ("teacher", "student")):
                 if given[role] is None:
