@@ -10,7 +10,7 @@ from conftest import QUICK, compose_config
 from kdrun.data.base import DataInfo
 from kdrun.errors import UserError
 from kdrun.methods import build_method
-from kdrun.methods.kd import cwtm_loss, permute_non_argmax, soft_target_loss
+from kdrun.methods.kd import cwtm_loss, permuted_dark_knowledge, soft_target_loss
 from kdrun.models.ensemble import TeacherEnsemble, ensemble_probs
 from kdrun.training.run import run
 
@@ -113,16 +113,25 @@ def test_cwtm_weights_each_sample_by_teacher_max_normalised_over_the_batch():
     assert cwtm_loss(S, Y, flat).item() == pytest.approx(sum(ce) / 3, rel=1e-6)
 
 
-def test_dkpp_keeps_the_argmax_and_permutes_the_rest():
+def test_dkpp_puts_the_max_at_the_label_and_permutes_the_rest():
     p = torch.softmax(torch.randn(64, 6), 1)
+    y = p.argmax(1)
+    y[:8] = (y[:8] + 1) % 6  # the teacher is wrong on the first 8
     torch.manual_seed(0)
-    q = permute_non_argmax(p)
-    top = p.argmax(1)
-    assert torch.equal(q.gather(1, top[:, None]), p.gather(1, top[:, None]))
+    q = permuted_dark_knowledge(p, y)
+    assert torch.equal(q.gather(1, y[:, None])[:, 0], p.max(1).values)  # the max at the true class
     assert torch.allclose(q.sort(1).values, p.sort(1).values)  # the same values in each row
-    assert not torch.equal(q, p)  # 64 rows of 5 shuffled entries: some moved
+    right = slice(8, None)
+    assert not torch.equal(q[right], p[right])  # 56 rows of 5 shuffled entries: some moved
+    counts = torch.zeros(6, 6)
+    for seed in range(200):  # each non-max value lands on every other class
+        torch.manual_seed(seed)
+        row = permuted_dark_knowledge(p[8:9], y[8:9])[0]
+        counts[torch.arange(6), (row[:, None] == p[8][None, :]).float().argmax(1)] += 1
+    moved = counts[torch.arange(6) != y[8]][:, torch.arange(6) != y[8]]
+    assert (moved > 0).all()
     torch.manual_seed(0)
-    assert torch.equal(permute_non_argmax(p), q)  # the run's seeded generator decides the permutation
+    assert torch.equal(permuted_dark_knowledge(p, y), q)  # the run's seeded generator decides
 
 
 def test_dkpp_distils_the_permuted_targets():
@@ -130,7 +139,7 @@ def test_dkpp_distils_the_permuted_targets():
     torch.manual_seed(3)
     _, losses = method.forward_train(torch.zeros(3, 1, 1, 1), Y)
     torch.manual_seed(3)
-    target = permute_non_argmax(torch.softmax(M1 / 4.0, 1))
+    target = permuted_dark_knowledge(torch.softmax(M1 / 4.0, 1), Y)
     assert losses["kd"].item() == pytest.approx(0.9 * hand_kl_to(S, target.tolist(), 4.0), rel=1e-5)
     assert losses["kd"].item() == pytest.approx(0.9 * soft_target_loss(S, target, 4.0).item(), rel=1e-6)
 

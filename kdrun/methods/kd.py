@@ -9,8 +9,8 @@ Options:
 - `variant`: born-again networks' ablations (Furlanello et al. 2018). `cwtm` (confidence-weighted by
   teacher max): no soft targets; the hard-label cross-entropy of each sample weighted by the
   teacher's max probability, normalised over the batch. `dkpp` (dark knowledge with permuted
-  predictions): the soft targets with the teacher's argmax kept in place and the other probabilities
-  randomly permuted, per sample.
+  predictions): soft targets whose max probability sits at the true class and whose other
+  probabilities are randomly permuted over the other classes, per sample.
 """
 import torch
 import torch.nn.functional as F
@@ -41,15 +41,17 @@ def cwtm_loss(student_logits: torch.Tensor, y: torch.Tensor, p_teacher: torch.Te
     return (weights * F.cross_entropy(student_logits.float(), y, reduction="none")).sum()
 
 
-def permute_non_argmax(p: torch.Tensor) -> torch.Tensor:
-    """Each row with its largest entry in place and the others shuffled among their positions."""
+def permuted_dark_knowledge(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """DKPP targets: each row's max probability at the true class `y`, the other probabilities randomly
+    permuted over the other classes (Furlanello et al. 2018, eq. 11). When the teacher is right
+    (argmax = y) this keeps the argmax in place and shuffles the rest."""
     n, k = p.shape
-    top = p.argmax(dim=1, keepdim=True)
     positions = torch.arange(k, device=p.device).expand(n, k)
-    others = positions[positions != top].view(n, k - 1)  # the non-argmax positions, in order
-    shuffle = torch.rand(n, k - 1, device=p.device).argsort(dim=1)
-    out = p.clone()
-    out.scatter_(1, others, p.gather(1, others.gather(1, shuffle)))
+    rest = p.gather(1, positions[positions != p.argmax(1, keepdim=True)].view(n, k - 1))
+    rest = rest.gather(1, torch.rand(n, k - 1, device=p.device).argsort(dim=1))
+    out = p.new_empty(n, k)
+    out.scatter_(1, positions[positions != y[:, None]].view(n, k - 1), rest)
+    out.scatter_(1, y[:, None], p.max(dim=1, keepdim=True).values)
     return out
 
 
@@ -102,5 +104,5 @@ class KD(Distiller):
             return {"cwtm": self.alpha * cwtm_loss(s_logits, y, self.teacher_probs(t_logits, 1.0))}
         p_teacher = self.teacher_probs(t_logits, self.T)
         if self.variant == "dkpp":
-            p_teacher = permute_non_argmax(p_teacher)
+            p_teacher = permuted_dark_knowledge(p_teacher, y)
         return {"kd": self.alpha * soft_target_loss(s_logits, p_teacher, self.T)}
