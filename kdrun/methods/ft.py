@@ -8,9 +8,10 @@ a student factor F_s. The term is the L1 distance between the L2-normalised, fla
 averaged over elements (torchdistill's form of the paper's ||F_t/|F_t| - F_s/|F_s| ||_1); beta = 200.
 
 The paraphraser must be trained before it can teach. With an init stage (the paper, RepDistiller) it
-is trained first and then frozen. On `schedule=single` it is trained in the same stage on its own
-reconstruction term (`ft_paraphraser`, weight 1; it sees only teacher features), while the translator
-and student follow its current factor (detached).
+is trained first (MSE, as RepDistiller) and then frozen. On `schedule=single` it is trained in the same
+stage on its own reconstruction term (`ft_paraphraser`: the MSE divided by the feature's mean square,
+weight 1; it sees only teacher features), while the translator and student follow its current
+factor (detached).
 """
 import torch
 import torch.nn as nn
@@ -77,7 +78,9 @@ class FactorTransfer(InitStage, FeatureDistiller):
                 factor_t = self.paraphraser.encoder(f_t)
         else:
             factor, reconstruction = self.paraphraser(f_t)
-            terms["ft_paraphraser"] = F.mse_loss(reconstruction, f_t)
+            # Relative to the feature's mean square: the minimiser of the MSE at a scale that suits the
+            # student's learning rate, whatever the teacher's feature magnitudes.
+            terms["ft_paraphraser"] = F.mse_loss(reconstruction, f_t) / f_t.pow(2).mean().clamp_min(1e-12)
             factor_t = factor.detach()
         terms["ft"] = self.beta * ft_loss(self.translator(f_s), factor_t)
         return terms
