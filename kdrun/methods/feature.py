@@ -47,14 +47,10 @@ class FeatureDistiller(Distiller):
         the other side, and `select(paths, model)` (e.g. FitNet's "the second stage") picks from default lists.
         """
         point = point or self.point
-        given = {role: self.cfg.get(f"{role}_layers") for role in ("student", "teacher")}
-        paths = {}
-        for role, model in (("student", self.student), ("teacher", self.teacher)):
-            if given[role] is not None:
-                paths[role] = [str(p) for p in given[role]]
-            else:
-                paths[role] = default_points(model, point, role)
         models = {"student": self.student, "teacher": self.teacher}
+        given = {role: self.cfg.get(f"{role}_layers") for role in models}
+        paths = {role: [str(p) for p in given[role]] if given[role] is not None
+                 else default_points(model, point, role) for role, model in models.items()}
         if given["student"] is None and given["teacher"] is None:
             n = min(len(paths["student"]), len(paths["teacher"]))
             for role, p in paths.items():
@@ -99,10 +95,11 @@ class FeatureDistiller(Distiller):
 class InitStage:
     """For methods with an initialisation stage (FitNet, AB, FSP, FT), mixed in before FeatureDistiller.
 
-    As in the papers (and RepDistiller), once the init stage has run, the main stage trains without the
-    method's term: the student starts from the transferred state and learns the task (CE, plus KD when
-    alpha > 0). Without an init stage (`schedule=single`) the term is added to the main stage, weighted
-    by beta. Whether the init stage ran is saved with the method (checkpoints, resuming).
+    As in the papers (and RepDistiller), once the init stage has run, the main stage of FitNet, AB and
+    FSP trains without the method's term: the student starts from the transferred state and learns the
+    task (CE, plus KD when alpha > 0); FT's init stage trains only the paraphraser, which then stays
+    frozen. Without an init stage (`schedule=single`) the term is added to the main stage, weighted by
+    beta. Whether the init stage ran is saved with the method (checkpoints, resuming).
     """
 
     has_init_stage = True
