@@ -52,7 +52,7 @@ DEFAULTS = {
 
 
 def config(name, **over):
-    base = {"name": name, "alpha": 0.0, "T": 4.0, "ce_weight": 1.0, "student_layers": None, "teacher_layers": None,
+    base = {"name": name, "alpha": 0.0, "T": 4.0, "ce_weight": 1.0, "student_features": None, "teacher_features": None,
             **DEFAULTS[name]}
     return OmegaConf.create({**base, **over})
 
@@ -366,7 +366,7 @@ def test_init_stage_terms_parameters_and_the_main_stage_after_it(name, init_term
     ("ab", {"margin": -0.5}, "method.margin"),
     ("ft", {"rate": 0.0}, "method.rate"),
     ("nst", {"degree": 0}, "method.degree"),
-    ("fitnet", {"student_layers": "layer1"}, "method.student_layers"),
+    ("fitnet", {"student_features": "layer1"}, "method.student_features"),
 ])
 def test_impossible_values_are_refused(name, over, match):
     with pytest.raises(UserError, match=match):
@@ -376,12 +376,12 @@ def test_impossible_values_are_refused(name, over, match):
 @pytest.mark.parametrize("name", sorted(DEFAULTS))
 def test_a_feature_path_that_does_not_exist_names_the_valid_ones(name):
     with pytest.raises(UserError, match=r"no module 'layer9'.*Valid module paths: stem, layer1"):
-        build_method(config(name, student_layers=["layer9"], teacher_layers=["layer2"]), *pair(), INFO)
+        build_method(config(name, student_features=["layer9"], teacher_features=["layer2"]), *pair(), INFO)
 
 
 def test_unequal_path_lists_and_mismatched_fsp_widths_are_refused():
     with pytest.raises(UserError, match="same length"):
-        build_method(config("at", student_layers=["layer1", "layer2"], teacher_layers=["layer2"]), *pair(), INFO)
+        build_method(config("at", student_features=["layer1", "layer2"], teacher_features=["layer2"]), *pair(), INFO)
     with pytest.raises(UserError, match="equal widths"):
         build_method(config("fsp"), *pair(student_widths=(4, 6), teacher_widths=(4, 8)), INFO)
 

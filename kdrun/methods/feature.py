@@ -1,6 +1,6 @@
 """What feature-based methods share: where they read features, the optional KD term, the weights' checks.
 
-Paths: `method.student_layers` / `method.teacher_layers` name module paths (see
+Paths: `method.student_features` / `method.teacher_features` name module paths (see
 `kdrun.models.features`); null takes the models' `feature_points()` (`stages`, `preact` or
 `embedding`, whichever the method reads). When the two defaults differ in length (heterogeneous
 pairs), the deepest ones are paired: the last n of each, n the shorter length.
@@ -25,7 +25,7 @@ class FeatureDistiller(Distiller):
         check_temperature_and_alpha(cfg)
         beta = float(cfg.beta)
         require(beta >= 0, f"method.beta (weight of the {cfg.name} term) must be 0 or more, got {beta}.")
-        for key in ("student_layers", "teacher_layers"):
+        for key in ("student_features", "teacher_features"):
             paths = cfg.get(key)
             require(paths is None or (not isinstance(paths, str) and len(paths) > 0),
                     f"method.{key} must be null (the models' defaults) or a non-empty list of module paths, "
@@ -66,7 +66,7 @@ class FeatureDistiller(Distiller):
         require(len(s) == len(t) and len(s) > 0,
                 f"method {self.cfg.name!r} pairs student and teacher features one to one, but got {len(s)} "
                 f"student paths ({', '.join(s)}) and {len(t)} teacher paths ({', '.join(t)}): set "
-                f"method.student_layers and method.teacher_layers to lists of the same length.")
+                f"method.student_features and method.teacher_features to lists of the same length.")
         return s, t
 
     def shapes(self, model: nn.Module, paths: list[str], role: str) -> list[tuple]:

@@ -50,8 +50,8 @@ class FSP(InitStage, FeatureDistiller):
                     f"fsp compares FSP matrices (channels of two maps that enclose a stage), which needs stages of "
                     f"equal widths: the student's {s_paths[i]} -> {s_paths[i + 1]} has {s_c[0]} -> {s_c[1]} channels, "
                     f"the teacher's {t_paths[i]} -> {t_paths[i + 1]} {t_c[0]} -> {t_c[1]}. Choose a pair of equal "
-                    f"widths (e.g. wrn40_2 -> wrn16_2, resnet56 -> resnet20), or set method.student_layers / "
-                    f"method.teacher_layers to maps that match.")
+                    f"widths (e.g. wrn40_2 -> wrn16_2, resnet56 -> resnet20), or set method.student_features / "
+                    f"method.teacher_features to maps that match.")
         self.s_pairs = list(zip(s_paths, s_paths[1:]))
         self.t_pairs = list(zip(t_paths, t_paths[1:]))
         self.watch(s_paths, t_paths)

@@ -58,7 +58,7 @@ class FactorTransfer(InitStage, FeatureDistiller):
         super().__init__(student, teacher, cfg, info)
         self.s_paths, self.t_paths = self.layer_paths(select=lambda paths, model: paths[-1:])
         require(len(self.s_paths) == 1,
-                f"ft transfers one feature map: give one path in method.student_layers and method.teacher_layers, "
+                f"ft transfers one feature map: give one path in method.student_features and method.teacher_features, "
                 f"got {self.s_paths} and {self.t_paths}.")
         s_shape = self.shapes(student, self.s_paths, "student")
         t_shape = self.shapes(teacher, self.t_paths, "teacher")
