@@ -48,7 +48,7 @@ class FeatureDistiller(Distiller):
         """
         point = point or self.point
         models = {"student": self.student, "teacher": self.teacher}
-        given = {role: self.cfg.get(f"{role}_layers") for role in models}
+        given = {role: self.cfg.get(f"{role}_features") for role in models}
         paths = {role: [str(p) for p in given[role]] if given[role] is not None
                  else default_points(model, point, role) for role, model in models.items()}
         if given["student"] is None and given["teacher"] is None:
@@ -89,7 +89,7 @@ class FeatureDistiller(Distiller):
             require(len(shape) == 3,
                     f"method {self.cfg.name!r} compares convolutional feature maps (channels x height x width), "
                     f"but the {role}'s feature at {path!r} has shape {shape}. Use convolutional models, or set "
-                    f"method.{role}_layers to paths of feature maps.")
+                    f"method.{role}_features to paths of feature maps.")
 
 
 class InitStage:
@@ -119,7 +119,7 @@ def default_points(model: nn.Module, point: str, role: str) -> list[str]:
     if not hasattr(model, "feature_points"):
         raise UserError(
             f"The {role} ({type(model).__name__}) has no feature_points() to take default feature paths from: "
-            f"set method.{role}_layers to a list of its module paths (e.g. [layer2, layer3])."
+            f"set method.{role}_features to a list of its module paths (e.g. [layer2, layer3])."
         )
     return list(model.feature_points()[point])
 
