@@ -43,6 +43,7 @@ class StageOutcome:
     test_acc: float
     checkpoint: str  # the file holding the stage's result
     result: Optional[StageResult] = None  # None when the model came from the teacher cache
+    cached_at: Optional[str] = None  # where a trained `cache: true` stage stored its model
 
     def record(self) -> dict:
         entry = {"name": self.stage.name, "model": self.label, "test_acc": self.test_acc,
@@ -51,6 +52,8 @@ class StageOutcome:
             entry["reused_from_cache"] = True
         elif self.result.val_acc is not None:
             entry["val_acc"] = self.result.val_acc
+        if self.cached_at:
+            entry["cached_at"] = self.cached_at
         return entry
 
 
@@ -140,6 +143,7 @@ class ScheduleRunner:
             save_torch(path, {"state_dict": model.state_dict(), "test_acc": outcome.test_acc, "model": label,
                               "dataset": str(self.cfg.dataset.name), "recipe": stage.train_recipe.as_dict(),
                               "seed": self.seed, "stage": stage.name, "teacher_key": teacher_key})
+            outcome.cached_at = str(path)
             return outcome
 
     def method_for(self, stage: Stage, model: nn.Module, teacher: Optional[nn.Module]) -> Distiller:

@@ -66,6 +66,17 @@ def expand(entries: list, where: str) -> list[dict]:
     return out
 
 
+def require_complete(cfg: DictConfig) -> None:
+    """Values a config leaves open (`???`, e.g. takd's `schedule.assistants`) must be given."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except (MissingMandatoryValue, InterpolationToMissingValueError) as e:
+        missing = str(e).splitlines()[0].rpartition("Missing mandatory value: ")[2]
+        raise UserError(f"The config leaves {missing} open: set it on the command line (e.g. "
+                        f"schedule.assistants=[resnet20] for schedule=takd; the schedule's file in "
+                        f"conf/schedule/ says what each key means).") from None
+
+
 def parse_stage(entry: dict, where: str) -> Stage:
     unknown = sorted(set(entry) - set(SPEC_KEYS))
     require(not unknown, f"Unknown key(s) {unknown} in {where}. Valid stage keys: {', '.join(SPEC_KEYS)}, for_each.")
@@ -89,13 +100,8 @@ def resolve_node(cfg: DictConfig, path: str, what: str, where: str) -> DictConfi
 def build_stages(cfg: DictConfig) -> list[Stage]:
     """The stages of the run's schedule, expanded and checked (before any training)."""
     where = f"schedule={cfg.schedule.name}: schedule.stages"
-    try:
-        raw = OmegaConf.to_container(cfg.schedule.get("stages") or [], resolve=True)
-    except (MissingMandatoryValue, InterpolationToMissingValueError) as e:
-        missing = str(e).splitlines()[0]
-        raise UserError(f"schedule={cfg.schedule.name} needs a value the config leaves open ({missing}). "
-                        f"Set it on the command line; the schedule file lists what each key means "
-                        f"(e.g. schedule.assistants=[resnet20] for takd).") from None
+    require_complete(cfg)
+    raw = OmegaConf.to_container(cfg.schedule.get("stages") or [], resolve=True)
     require(isinstance(raw, list), f"{where} must be a list of stages.")
     entries = expand(raw, where)
     require(entries, f"{where} is empty: a schedule needs at least one stage.")

@@ -17,6 +17,7 @@ from kdrun.models import MODELS, build_model, model_label
 from kdrun.results.metrics import RunRecord
 from kdrun.results.summary import print_run_summary
 from kdrun.schedules import build_stages
+from kdrun.schedules.spec import require_complete
 from kdrun.schedules.runner import ScheduleRunner, ensemble_accuracy
 from kdrun.training.checkpoint import save_torch
 from kdrun.training.device import configure_threads, resolve_device
@@ -43,6 +44,7 @@ def check_names(cfg: DictConfig) -> None:
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     record = RunRecord(run_dir)
+    require_complete(cfg)
     identity = config_identity(cfg)
     if record.metrics and record.metrics.get("config_id") not in (None, identity):
         raise UserError(
