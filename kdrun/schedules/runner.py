@@ -72,6 +72,21 @@ def ensemble_accuracy(models: list[nn.Module], data: Dataset, batch_size: int = 
     return round(100.0 * correct.item() / max(len(data.test), 1), 4)
 
 
+def hold_statistics(model: nn.Module, trained: list[nn.Parameter]):
+    """Keep the running statistics (batch norm) of the modules a stage does not train: they run in
+    eval mode in that stage's forwards, so an init stage changes nothing beyond what it trains.
+    Returns the hook's handle; remove it when the stage ends."""
+    ids = {id(p) for p in trained}
+    held = [m for m in model.modules() if next(m.buffers(recurse=False), None) is not None
+            and not any(id(p) in ids for p in m.parameters(recurse=False))]
+
+    def to_eval(module, inputs):
+        for m in held:
+            m.train(False)
+
+    return model.register_forward_pre_hook(to_eval)
+
+
 class ScheduleRunner:
     def __init__(self, cfg: DictConfig, data: Dataset, run_dir: Path, *, teacher: Optional[nn.Module],
                  teacher_key: Optional[str], progress: bool, on_epoch: Callable[[dict], None],
@@ -163,6 +178,7 @@ class ScheduleRunner:
         distiller = self.method_for(stage, model, teacher)
         distiller.phase = stage.phase
         parameters = distiller.init_parameters() if stage.phase == "init" else None
+        held = hold_statistics(model, parameters) if parameters is not None else None
         log.info("Stage %s: %s, method %s%s, %s, %d epochs.", stage.name, label, stage.method_cfg.name,
                  " (initialisation phase)" if stage.phase == "init" else "", source, stage.train_recipe.epochs)
         try:
@@ -171,4 +187,6 @@ class ScheduleRunner:
                          parameters=parameters)
         finally:
             distiller.phase = "main"
+            if held is not None:
+                held.remove()
         return StageOutcome(stage, model, label, key, result.test_acc, str(self.checkpoint(stage)), result)

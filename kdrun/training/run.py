@@ -86,7 +86,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     teacher_key = None
     if teacher is not None:
         teacher_acc, source = obtain_teacher(cfg, teacher, data, show_progress)
-        teacher_key = teacher_identity(cfg, source)
+        teacher_key = teacher_identity(source)
         record.update(teacher_test_acc=teacher_acc, teacher_source=source)
     if len(stages) > 1:
         log.info("Schedule %s: %s.", cfg.schedule.name, " -> ".join(s.name for s in stages))
@@ -119,12 +119,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     return record.metrics
 
 
-def teacher_identity(cfg: DictConfig, source: str) -> str:
-    """What the run's teacher is, for the keys of the stages that learn from it."""
-    if cfg.teacher.get("checkpoint"):
-        h = hashlib.sha256()
-        with open(source, "rb") as f:
+def teacher_identity(source: str) -> str:
+    """What the run's teacher is, for the keys of the stages that learn from it: a digest of its
+    weight files (a cache entry or `teacher.checkpoint`; several for an ensemble)."""
+    h = hashlib.sha256()
+    for path in source.split(", "):
+        with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
-        return "file-" + h.hexdigest()[:16]
-    return Path(source).stem  # a cache entry: its name ends with the teacher's cache key
+    return h.hexdigest()[:16]
