@@ -146,14 +146,17 @@ class ScheduleRunner:
             return self.train(stage, model, teacher, label, key, source)
         path = entry_path(Path(self.cfg.cache_dir), label, str(self.cfg.dataset.name), self.seed, key)
         with file_lock(path):  # concurrent runs that need the same model train it once
-            if path.exists():
+            # A stage this run has started (its checkpoint exists) is resumed or loaded from there,
+            # so its history is the same as in an uninterrupted run.
+            if path.exists() and not self.checkpoint(stage).exists():
                 entry = load_torch(path, "cached model")
                 model.load_state_dict(entry["state_dict"])
                 log.info("Stage %s: %s reused from the teacher cache: %s (test acc %.2f%%, no training).",
                          stage.name, label, path, entry["test_acc"])
                 return StageOutcome(stage, model, label, key, float(entry["test_acc"]), str(path))
-            log.info("Stage %s: %s not in the teacher cache: training it, then caching it at %s.",
-                     stage.name, label, path)
+            if not path.exists():
+                log.info("Stage %s: %s not in the teacher cache: training it, then caching it at %s.",
+                         stage.name, label, path)
             outcome = self.train(stage, model, teacher, label, key, source)
             save_torch(path, {"state_dict": model.state_dict(), "test_acc": outcome.test_acc, "model": label,
                               "dataset": str(self.cfg.dataset.name), "recipe": stage.train_recipe.as_dict(),
