@@ -69,6 +69,8 @@ def test_for_each_expands_lists_and_counts():
         {"name": "x"}, {"name": "s1_a", "model": "a", "fresh": True}, {"name": "s2_b", "model": "b", "fresh": True}]
     assert [e["name"] for e in expand([{"for_each": 3, "name": "g{item}"}], "w")] == ["g1", "g2", "g3"]
     assert expand([{"for_each": 0, "name": "g{item}"}], "w") == []
+    with pytest.raises(UserError, match="only {item} and {index}"):
+        expand([{"for_each": [1], "name": "g{generation}"}], "w")
 
     takd = build_stages(compose_config(QUICK + ["schedule=takd", "schedule.assistants=[mlp_1200,mlp_800]"]))
     assert [(s.name, s.model, s.teacher, s.cache) for s in takd] == [

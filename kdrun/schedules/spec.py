@@ -38,10 +38,6 @@ class Stage:
     method_cfg: Optional[DictConfig] = None
     train_recipe: Optional[Recipe] = None
 
-    @property
-    def method_label(self) -> str:
-        return self.method if isinstance(self.method, str) else f"{self.method_cfg.name} (inline)"
-
 
 SPEC_KEYS = [f.name for f in fields(Stage) if f.name not in ("method_cfg", "train_recipe")]
 
@@ -61,8 +57,12 @@ def expand(entries: list, where: str) -> list[dict]:
         require(isinstance(items, list), f"{where}[{n}].for_each must be a list or a count, got {items!r}.")
         template = {k: v for k, v in entry.items() if k != "for_each"}
         for index, item in enumerate(items, start=1):
-            out.append({k: v.format(item=item, index=index) if isinstance(v, str) else v
-                        for k, v in template.items()})
+            try:
+                out.append({k: v.format(item=item, index=index) if isinstance(v, str) else v
+                            for k, v in template.items()})
+            except (KeyError, ValueError, IndexError) as e:
+                raise UserError(f"{where}[{n}]: a for_each template may use only {{item}} and {{index}} "
+                                f"in its strings ({type(e).__name__}: {e}).") from None
     return out
 
 
