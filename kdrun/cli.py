@@ -47,8 +47,15 @@ def app(cfg: DictConfig):
 
 
 def main() -> None:
+    from kdrun.results.sweep import finish_sweep
+
     register_configs()
-    app()
+    try:
+        app()
+    finally:
+        status = finish_sweep()  # a sweep's summary, also when Hydra stopped the sweep early
+    if status:
+        sys.exit(status)  # some job of the sweep failed
 
 
 if __name__ == "__main__":
