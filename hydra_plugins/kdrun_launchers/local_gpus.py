@@ -2,8 +2,6 @@
 pinned to one GPU (CUDA_VISIBLE_DEVICES), round-robin over the GPUs; on a machine without GPUs, N CPU
 jobs with the cores split between them. Each job's console output goes to JOB_DIR/output.log.
 """
-from __future__ import annotations
-
 import json
 import logging
 import os
@@ -17,6 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
@@ -60,7 +59,10 @@ class LocalGpusLauncher(Launcher):
 
             device_count = torch.cuda.device_count()
         gpus = visible_gpus(self.gpus, os.environ, device_count)
-        return plan_slots(gpus, self.jobs_per_device, self.cpu_jobs, available_cores())
+        try:
+            return plan_slots(gpus, self.jobs_per_device, self.cpu_jobs, available_cores())
+        except ValueError as e:
+            raise CompactHydraException(str(e)) from None  # printed without a traceback
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None

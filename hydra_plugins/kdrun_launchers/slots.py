@@ -2,8 +2,6 @@
 
 Pure functions, so the assignment can be tested without GPUs.
 """
-from __future__ import annotations
-
 import os
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence

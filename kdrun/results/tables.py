@@ -20,10 +20,12 @@ METRIC_LABELS = {"test_acc": "test acc (%)", "val_acc": "val acc (%)", "teacher_
 
 
 def relative(path: Path, base: Path) -> str:
+    """The path from base when it lies below base, else the absolute path."""
     try:
-        return os.path.relpath(path, base)
+        rel = os.path.relpath(path, base)
     except ValueError:  # another drive
-        return str(path)
+        return str(Path(path).absolute())
+    return str(Path(path).absolute()) if rel.startswith("..") else rel
 
 
 def first_line(text: str, limit: int = 160) -> str:
@@ -118,7 +120,7 @@ class Summary:
         return "\n".join(lines) + "\n"
 
     def rich_tables(self, base: Path, grids: list[Grid], metric: str) -> list[Table]:
-        tables = [_rich_table("kdrun summary: " + self.headline(), self._headers(),
+        tables = [_rich_table(f"kdrun summary ({self.headline()})", self._headers(),
                               [self._row_cells(g) for g in self.groups], right_from=len(self.key_headers))]
         if self.not_completed:
             tables.append(_rich_table("Runs that did not complete", ["run", "status", "error", "overrides"],
