@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from kdrun.configs import CONFIG_DIR, register_configs
+from kdrun.configs import CONFIG_DIR, check_launcher, register_configs
 from kdrun.errors import UserError
 
 log = logging.getLogger("kdrun")
@@ -50,6 +50,11 @@ def main() -> None:
     from kdrun.results.sweep import finish_sweep
 
     register_configs()
+    try:
+        check_launcher(sys.argv[1:])
+    except UserError as e:
+        sys.stderr.write(f"kdrun: {e}\n")
+        sys.exit(2)
     try:
         app()
     finally:

@@ -137,4 +137,4 @@ def test_local_gpus_launcher_runs_two_jobs_at_once_on_cpu(tmp_path):
         assert "test acc" in (r / "output.log").read_text()  # the job's own console output
     (row,) = _summary_rows(sweep)  # two seeds of one configuration
     assert (row["n"], row["failed"], row["seeds"]) == ("2", "0", "0 1")
-    assert not list((sweep / ".launcher").iterdir())  # hand-off files are cleaned up
+    assert not (sweep / ".launcher").exists()  # the hand-off files are cleaned up

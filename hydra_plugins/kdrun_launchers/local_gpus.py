@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import time
@@ -77,6 +78,7 @@ class LocalGpusLauncher(Launcher):
         pending = deque(enumerate(job_overrides, start=initial_job_idx))
         running: dict[int, _Running] = {}
         results: dict[int, JobReturn] = {}
+        previous_handler = signal.signal(signal.SIGTERM, _exit_on_signal)
         try:
             while pending or running:
                 slot = free_slot(slots, set(running))
@@ -90,8 +92,13 @@ class LocalGpusLauncher(Launcher):
                     results[job.idx] = self._collect(job)
                 if not done:
                     time.sleep(self.poll_s)
+        except KeyboardInterrupt:
+            raise SystemExit(130) from None  # the jobs got Ctrl-C too; kdrun -m still writes the summary
         finally:
+            signal.signal(signal.SIGTERM, previous_handler)
             self._stop(list(running.values()))
+            if not any(handoff.iterdir()):
+                handoff.rmdir()
         return [results[i] for i in sorted(results)]
 
     def _start(self, idx: int, overrides: list, slot: Slot, handoff: Path) -> _Running:
@@ -133,11 +140,12 @@ class LocalGpusLauncher(Launcher):
         else:
             message = (f"job #{job.idx} ({' '.join(job.overrides)}) ended with exit status {code} before it "
                        f"finished; its output is in {job.job_dir / OUTPUT_LOG}")
-            _record_failure(job.job_dir, message)
+            _record_end(job.job_dir, "failed", message)
             result = JobReturn(overrides=job.overrides, status=JobStatus.FAILED, working_dir=os.getcwd())
             result.return_value = RuntimeError(message)
         (job.result_path.parent / f"job-{job.idx}.pkl").unlink(missing_ok=True)
-        log.info(f"\t#{job.idx} {_outcome(job.job_dir, result)} after {seconds:.1f} s")
+        status, detail = _outcome(job.job_dir, result)
+        log.info(f"\t#{job.idx} {status} after {seconds:.1f} s{detail}")
         return result
 
     def _stop(self, jobs: list[_Running]) -> None:
@@ -152,28 +160,36 @@ class LocalGpusLauncher(Launcher):
             except subprocess.TimeoutExpired:
                 job.process.kill()
                 job.process.wait()
+            _record_end(job.job_dir, "interrupted", "stopped when the sweep was stopped; rerun the sweep with "
+                                                    "hydra.sweep.dir=... to resume it")
 
 
-def _record_failure(job_dir: Path, message: str) -> None:
-    """A job process that died without a word (killed, out of memory) is marked failed in metrics.json."""
+def _exit_on_signal(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _record_end(job_dir: Path, status: str, message: str) -> None:
+    """A job process that ended without recording how (killed, out of memory, stopped) gets `status`."""
     path = job_dir / "metrics.json"
     try:
         metrics = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
         metrics = {}
-    if metrics.get("status") in ("completed", "failed"):
+    if metrics.get("status") in ("completed", "failed", "interrupted"):
         return
-    metrics.update(status="failed", error=message)
+    metrics.update(status=status, error=message)
     tmp = path.with_name(".metrics.json.launcher.tmp")
     tmp.write_text(json.dumps(metrics, indent=1))
     os.replace(tmp, path)
 
 
-def _outcome(job_dir: Path, result: JobReturn) -> str:
+def _outcome(job_dir: Path, result: JobReturn) -> tuple[str, str]:
     try:
         metrics = json.loads((job_dir / "metrics.json").read_text())
     except (OSError, ValueError):
         metrics = {}
     status = metrics.get("status") or ("completed" if result.status == JobStatus.COMPLETED else "failed")
-    acc = metrics.get("test_acc")
-    return status + (f" (test acc {acc:.2f}%)" if isinstance(acc, (int, float)) else "")
+    acc, error = metrics.get("test_acc"), str(metrics.get("error") or "").strip()
+    if isinstance(acc, (int, float)):
+        return status, f" (test acc {acc:.2f}%)"
+    return status, f": {error.splitlines()[0][:200]}" if error else ""

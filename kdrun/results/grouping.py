@@ -84,7 +84,7 @@ def override_keys(runs: list[Run]) -> list[str]:
     for r in runs:
         for o in r.overrides:
             key = o.split("=", 1)[0].lstrip("+~")
-            keys.setdefault(key.replace("/", "."), None)
+            keys.setdefault(key, None)
     return list(keys)
 
 

@@ -70,21 +70,25 @@ def mean_curve(g: Group) -> list[float]:
 _DASHES = ("-", "--", ":", "-.")
 
 
-def _TAB20(i: int):
+def _short(label: str, limit: int = 70) -> str:
+    return label if len(label) <= limit else label[: limit - 1] + "…"
+
+
+def _tab20(i: int):
     from matplotlib import colormaps
 
     return colormaps["tab20"](i)
 
 
 def draw_curves(summary: Summary, path: Path) -> Path | None:
-    curves = [(summary.label(g), mean_curve(g)) for g in summary.groups]
+    curves = [(_short(summary.label(g)), mean_curve(g)) for g in summary.groups]
     curves = [(label, ys) for label, ys in curves if ys]
     if not curves:
         return None
     fig = _figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.add_subplot()
     for i, (label, ys) in enumerate(curves):
-        style = {"color": f"C{i % 10}"} if len(curves) <= 10 else {"color": _TAB20(i % 20), "linestyle": _DASHES[i // 20 % 4]}
+        style = {"color": f"C{i % 10}"} if len(curves) <= 10 else {"color": _tab20(i % 20), "linestyle": _DASHES[i // 20 % 4]}
         ax.plot(range(1, len(ys) + 1), ys, marker="o" if len(ys) <= 20 else None, markersize=3, label=label, **style)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("epoch (all stages in order)")

@@ -105,25 +105,25 @@ class Summary:
         return headers + (["unfinished"] if self.any_unfinished else [])
 
     def _problem_rows(self, base: Path) -> list[list[str]]:
-        return [[relative(r.path, base), r.status, first_line(r.error) or "-",
-                 " ".join(r.overrides) or "-"] for r in self.not_completed]
+        return [[relative(r.path, base), r.status, first_line(r.error) or "-", self.label(g) + f", seed={display(r.seed)}"]
+                for g in self.groups for r in g.failed + g.unfinished]
 
     def markdown(self, base: Path, grids: list[Grid], metric: str) -> str:
         lines = ["# kdrun summary", "", self.headline() + ". Accuracy: mean ± sample std over seeds; "
                  "`n` completed runs.", "", *_md_table(self._headers(), [self._row_cells(g) for g in self.groups])]
         if self.not_completed:
             lines += ["", "## Runs that did not complete", "",
-                      *_md_table(["run", "status", "error", "overrides"], self._problem_rows(base))]
+                      *_md_table(["run", "status", "error", "configuration"], self._problem_rows(base))]
         for grid in grids:
             lines += ["", f"## {METRIC_LABELS[metric]}: {grid.row} × {grid.col}" + (f" ({grid.title})" if grid.fixed else ""),
                       "", *_md_table(*_grid_cells(grid, metric))]
         return "\n".join(lines) + "\n"
 
-    def rich_tables(self, base: Path, grids: list[Grid], metric: str) -> list[Table]:
-        tables = [_rich_table(f"kdrun summary ({self.headline()})", self._headers(),
+    def rich_tables(self, base: Path, grids: list[Grid], metric: str) -> list:
+        tables = [Text(f"kdrun summary: {self.headline()}", style="bold"), _rich_table("", self._headers(),
                               [self._row_cells(g) for g in self.groups], right_from=len(self.key_headers))]
         if self.not_completed:
-            tables.append(_rich_table("Runs that did not complete", ["run", "status", "error", "overrides"],
+            tables.append(_rich_table("Runs that did not complete", ["run", "status", "error", "configuration"],
                                       self._problem_rows(base), right_from=None))
         for grid in grids:
             headers, rows = _grid_cells(grid, metric)
