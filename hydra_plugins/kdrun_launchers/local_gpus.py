@@ -96,6 +96,8 @@ class LocalGpusLauncher(Launcher):
             raise SystemExit(130) from None  # the jobs got Ctrl-C too; kdrun -m still writes the summary
         finally:
             signal.signal(signal.SIGTERM, previous_handler)
+            if pending:
+                log.info(f"Stopping: {len(pending)} job(s) not started: #{', #'.join(str(i) for i, _ in pending)}")
             self._stop(list(running.values()))
             if not any(handoff.iterdir()):
                 handoff.rmdir()

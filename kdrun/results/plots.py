@@ -48,7 +48,7 @@ def draw_heatmap(grid: Grid, metric: str, path: Path) -> Path:
     ax.set_yticks(range(len(grid.rows)), [display(r) for r in grid.rows])
     ax.set_xlabel(grid.col)
     ax.set_ylabel(grid.row)
-    ax.set_title(METRIC_LABELS[metric] + (f"\n{grid.title}" if grid.fixed else ""), fontsize=10)
+    ax.set_title(f"{METRIC_LABELS[metric]}, mean over seeds" + (f"\n{grid.title}" if grid.fixed else ""), fontsize=10)
     fig.colorbar(image, ax=ax, label=METRIC_LABELS[metric])
     fig.savefig(path, dpi=120)
     return path

@@ -7,7 +7,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -68,7 +67,9 @@ class Summary:
         return self.columns or [CONFIG_COLUMN]
 
     def label(self, g: Group) -> str:
-        return ", ".join(f"{k}={v}" for k, v in zip(self.key_headers, self.key_cells(g)))
+        if not self.columns:
+            return self.key_cells(g)[0]
+        return ", ".join(f"{k}={v}" for k, v in zip(self.columns, self.key_cells(g)))
 
     def headline(self) -> str:
         failed = sum(len(g.failed) for g in self.groups)
@@ -120,16 +121,17 @@ class Summary:
         return "\n".join(lines) + "\n"
 
     def rich_tables(self, base: Path, grids: list[Grid], metric: str) -> list:
-        tables = [Text(f"kdrun summary: {self.headline()}", style="bold"), _rich_table("", self._headers(),
-                              [self._row_cells(g) for g in self.groups], right_from=len(self.key_headers))]
+        """Titles as lines of their own (a table's title would wrap at the table's width)."""
+        out = [_title(f"kdrun summary: {self.headline()}"),
+               _rich_table(self._headers(), [self._row_cells(g) for g in self.groups], right_from=len(self.key_headers))]
         if self.not_completed:
-            tables.append(_rich_table("Runs that did not complete", ["run", "status", "error", "configuration"],
-                                      self._problem_rows(base), right_from=None))
+            out += [_title("Runs that did not complete"),
+                    _rich_table(["run", "status", "error", "configuration"], self._problem_rows(base), right_from=None)]
         for grid in grids:
             headers, rows = _grid_cells(grid, metric)
             title = f"{METRIC_LABELS[metric]}: {grid.row} (rows) × {grid.col} (columns)"
-            tables.append(_rich_table(title + (f"  [{grid.title}]" if grid.fixed else ""), headers, rows, right_from=1))
-        return tables
+            out += [_title(title + (f"  [{grid.title}]" if grid.fixed else "")), _rich_table(headers, rows, right_from=1)]
+        return out
 
 
 def _number(value) -> str:
@@ -162,8 +164,12 @@ def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(map(_md_escape, row)) + " |" for row in rows)]
 
 
-def _rich_table(title: str, headers: list[str], rows: list[list[str]], right_from) -> Table:
-    table = Table(title=escape(title), title_justify="left")
+def _title(text: str) -> Text:
+    return Text(text, style="bold")
+
+
+def _rich_table(headers: list[str], rows: list[list[str]], right_from) -> Table:
+    table = Table()
     for i, h in enumerate(headers):
         table.add_column(Text(h), justify="right" if right_from is not None and i >= right_from else "left",
                          overflow="fold")
