@@ -139,6 +139,8 @@ def test_pivot_grid_and_facets(grid_sweep, tmp_path):
 
     with pytest.raises(UserError, match="method.tau"):
         pivot(summary.groups, "method.tau", "method.alpha", summary.columns)
+    with pytest.raises(UserError, match="pooled"):
+        pivot(summary.groups, "seed", "method.alpha", summary.columns)
 
 
 def test_choice_of_a_group_is_shown_instead_of_its_keys(tmp_path):
@@ -152,6 +154,15 @@ def test_choice_of_a_group_is_shown_instead_of_its_keys(tmp_path):
                                           "train": {"epochs": 7, "milestones": [20, 25]}}, test_acc=86.0)
     summary = Summary.of(find_runs([root]))
     assert summary.columns == ["method", "train.epochs"] and len(summary.groups) == 3
+
+
+def test_job_directory_without_metrics_is_listed_as_not_started(grid_sweep):
+    (grid_sweep / "12" / ".hydra").mkdir(parents=True)
+    (grid_sweep / "12" / ".hydra" / "config.yaml").write_text(yaml.safe_dump(base_config()))
+    summary = Summary.of(find_runs([grid_sweep]))
+    assert {(r.path.name, r.status) for r in summary.not_completed} == {("1", "running"), ("11", "failed"),
+                                                                          ("12", "not started")}
+    assert len(summary.groups) == 4  # its config is that of method.T=4 method.alpha=0.9 (4 == 4.0)
 
 
 def test_one_configuration_and_runs_made_without_hydra(tmp_path):

@@ -138,3 +138,23 @@ def test_local_gpus_launcher_runs_two_jobs_at_once_on_cpu(tmp_path):
     (row,) = _summary_rows(sweep)  # two seeds of one configuration
     assert (row["n"], row["failed"], row["seeds"]) == ("2", "0", "0 1")
     assert not (sweep / ".launcher").exists()  # the hand-off files are cleaned up
+
+
+def test_a_job_process_that_dies_is_recorded_as_failed(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from hydra.core.utils import JobStatus
+    from hydra_plugins.kdrun_launchers.local_gpus import LocalGpusLauncher, _Running
+
+    job_dir = tmp_path / "0"
+    job_dir.mkdir()
+    (job_dir / "metrics.json").write_text('{"status": "running", "test_acc": null}')
+    process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    process.wait()
+    job = _Running(0, ["seed=0"], Slot(0, None, 1), job_dir, tmp_path / "job-0.result.pkl", process, time.perf_counter())
+    result = LocalGpusLauncher()._collect(job)
+    assert result.status == JobStatus.FAILED and "exit status 3" in str(result._return_value)
+    metrics = read_json(job_dir / "metrics.json")
+    assert metrics["status"] == "failed" and "exit status 3" in metrics["error"] and "output.log" in metrics["error"]
