@@ -188,9 +188,13 @@ def test_cli_prints_grid_and_writes_plots(grid_sweep, capsys):
     assert "## test acc (%): method.T × method.alpha" in (grid_sweep / "summary.md").read_text()
 
 
-def test_cli_user_errors(tmp_path, capsys):
+def test_cli_user_errors(tmp_path, grid_sweep, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        report_main([str(tmp_path)])
+        report_main([str(grid_sweep), "--metric", "val_acc"])
+    assert exit_info.value.code == 2 and "dataset.val_size" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        report_main([str(tmp_path / "empty")])
     assert exit_info.value.code == 2 and "No kdrun runs below" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         report_main([str(tmp_path / "nope")])

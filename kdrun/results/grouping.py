@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Optional
 
 from kdrun.results.runs import NOT_IN_CONFIGURATION, Run
@@ -41,8 +42,9 @@ def stat(values: list[float]) -> Stat:
 class Group:
     runs: list[Run]
 
-    @property
+    @cached_property
     def values(self) -> dict:
+        """The choices and config of the group's first run (grouping makes them the same for all)."""
         first = self.runs[0]
         plain = {k: v for k, v in first.config.items() if k not in NOT_IN_CONFIGURATION}
         return {**first.choices, **plain}
