@@ -94,6 +94,13 @@ def test_pair_presets(tmp_path):
         "# @package _global_\ndefaults:\n  - override /teacher: mlp_800\n  - override /student: mlp_1200\n")
     cfg = compose_config(["pair=swap", f"hydra.searchpath=[file://{tmp_path}]"])
     assert (cfg.teacher.name, cfg.student.name) == ("mlp_800", "mlp_1200")
+    # ... also those of an experiment preset, whose recipe stays.
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "recipe.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /teacher: mlp_1200\n  - override /student: mlp_800\n"
+        "train:\n  epochs: 7\n")
+    cfg = compose_config(["experiment=recipe", "pair=swap", f"hydra.searchpath=[file://{tmp_path}]"])
+    assert (cfg.teacher.name, cfg.student.name, cfg.train.epochs) == ("mlp_800", "mlp_1200", 7)
 
 
 def _summary_rows(sweep: Path) -> list[dict]:
