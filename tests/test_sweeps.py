@@ -162,6 +162,6 @@ def test_a_job_process_that_dies_is_recorded_as_failed(tmp_path):
     process.wait()
     job = _Running(0, ["seed=0"], Slot(0, None, 1), job_dir, tmp_path / "job-0.result.pkl", process, time.perf_counter())
     result = LocalGpusLauncher()._collect(job)
-    assert result.status == JobStatus.FAILED and "exit status 3" in str(result._return_value)
+    assert result.status == JobStatus.FAILED and "ended with exit status 3" in str(result._return_value)
     metrics = read_json(job_dir / "metrics.json")
     assert metrics["status"] == "failed" and "exit status 3" in metrics["error"] and "output.log" in metrics["error"]

@@ -2,6 +2,7 @@
 pinned to one GPU (CUDA_VISIBLE_DEVICES), round-robin over the GPUs; on a machine without GPUs, N CPU
 jobs with the cores split between them. Each job's console output goes to JOB_DIR/output.log.
 """
+import copy
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from hydra.errors import CompactHydraException
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hydra_plugins.kdrun_launchers.job import BOOTSTRAP, task_reference
 from hydra_plugins.kdrun_launchers.slots import Slot, available_cores, free_slot, plan_slots, visible_gpus
@@ -28,6 +29,10 @@ from hydra_plugins.kdrun_launchers.slots import Slot, available_cores, free_slot
 log = logging.getLogger(__name__)
 OUTPUT_LOG = "output.log"
 STOP_GRACE_S = 30  # after SIGTERM, how long a job may take to save its state before it is killed
+
+
+class JobProcessDied(CompactHydraException):
+    """Printed by Hydra without a traceback: the traceback would be the launcher's, not the job's."""
 
 
 @dataclass
@@ -110,7 +115,7 @@ class LocalGpusLauncher(Launcher):
             config.hydra.job.id = idx
             config.hydra.job.num = idx
         job_dir = self._job_dir(config)
-        job_dir.mkdir(parents=True, exist_ok=True)
+        _save_job_config(config, job_dir)
         payload = handoff / f"job-{idx}.pkl"
         result_path = handoff / f"job-{idx}.result.pkl"
         result_path.unlink(missing_ok=True)
@@ -140,11 +145,12 @@ class LocalGpusLauncher(Launcher):
             result = pickle.loads(job.result_path.read_bytes())
             job.result_path.unlink()
         else:
-            message = (f"job #{job.idx} ({' '.join(job.overrides)}) ended with exit status {code} before it "
-                       f"finished; its output is in {job.job_dir / OUTPUT_LOG}")
+            how = f"was killed by signal {-code}" if code < 0 else f"ended with exit status {code}"
+            message = (f"the job's process {how} before the run finished (out of memory? killed?); its "
+                       f"output is in {job.job_dir / OUTPUT_LOG}")
             _record_end(job.job_dir, "failed", message)
             result = JobReturn(overrides=job.overrides, status=JobStatus.FAILED, working_dir=os.getcwd())
-            result.return_value = RuntimeError(message)
+            result.return_value = JobProcessDied(message)
         (job.result_path.parent / f"job-{job.idx}.pkl").unlink(missing_ok=True)
         status, detail = _outcome(job.job_dir, result)
         log.info(f"\t#{job.idx} {status} after {seconds:.1f} s{detail}")
@@ -164,6 +170,22 @@ class LocalGpusLauncher(Launcher):
                 job.process.wait()
             _record_end(job.job_dir, "interrupted", "stopped when the sweep was stopped; rerun the sweep with "
                                                     "hydra.sweep.dir=... to resume it")
+
+
+def _save_job_config(config: DictConfig, job_dir: Path) -> None:
+    """The .hydra/ files that run_job writes when the job starts, written already here: a job whose
+    process dies before that (killed while importing) can still be told apart in the summary."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    if config.hydra.output_subdir is None:
+        return
+    out = job_dir / str(config.hydra.output_subdir)
+    out.mkdir(parents=True, exist_ok=True)
+    task_cfg = copy.deepcopy(config)
+    with read_write(task_cfg), open_dict(task_cfg):
+        del task_cfg["hydra"]
+    OmegaConf.save(task_cfg, out / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": config.hydra}), out / "hydra.yaml")
+    OmegaConf.save(config.hydra.overrides.task, out / "overrides.yaml")
 
 
 def _exit_on_signal(signum, frame) -> None:

@@ -122,6 +122,10 @@ def columns(groups: list[Group]) -> list[str]:
     keys that come with each choice. Since a hidden key follows from the shown ones, the shown
     values still tell every two configurations apart.
     """
+    # A run without its .hydra/config.yaml (its process died at the start) would make every key vary.
+    with_config = [g for g in groups if g.runs[0].has_config]
+    if with_config and len(with_config) < len(groups):
+        groups = with_config
     varying = varying_keys(groups)
     choices = {k for g in groups for k in g.runs[0].choices}
     overridden = override_keys([r for g in groups for r in g.runs])

@@ -29,6 +29,7 @@ class Run:
     config: dict  # the job's config flattened to dotted keys (hashable values)
     choices: dict = field(default_factory=dict)  # config-group choices, e.g. {"method": "kd"}
     overrides: list = field(default_factory=list)  # the job's command-line overrides
+    has_config: bool = True  # False: no .hydra/config.yaml, `config` holds what metrics.json says
 
     @property
     def status(self) -> str:
@@ -121,7 +122,8 @@ def read_run(run_dir: Path) -> Run:
         if isinstance(raw, DictConfig):
             choices = {str(k): v for k, v in OmegaConf.to_container(raw).items() if not str(k).startswith("hydra/")}
     return Run(path=run_dir, metrics=metrics, config=flat, choices=choices,
-               overrides=[str(o) for o in overrides] if isinstance(overrides, ListConfig) else [])
+               overrides=[str(o) for o in overrides] if isinstance(overrides, ListConfig) else [],
+               has_config=isinstance(config, DictConfig))
 
 
 def _natural(path: Path) -> list:
