@@ -163,6 +163,12 @@ def test_job_directory_without_metrics_is_listed_as_not_started(grid_sweep):
     assert {(r.path.name, r.status) for r in summary.not_completed} == {("1", "running"), ("11", "failed"),
                                                                           ("12", "not started")}
     assert len(summary.groups) == 4  # its config is that of method.T=4 method.alpha=0.9 (4 == 4.0)
+    # A run with nothing but a metrics.json (its process died at once) does not make every key vary.
+    (grid_sweep / "13").mkdir()
+    (grid_sweep / "13" / "metrics.json").write_text(json.dumps({"status": "failed", "error": "killed"}))
+    summary = Summary.of(find_runs([grid_sweep]))
+    assert summary.columns == ["method.T", "method.alpha"] and len(summary.groups) == 5
+    assert ("13", "failed") in {(r.path.name, r.status) for r in summary.not_completed}
 
 
 def test_one_configuration_and_runs_made_without_hydra(tmp_path):
