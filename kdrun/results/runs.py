@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from kdrun.errors import UserError
@@ -56,16 +57,16 @@ def hashable(value: Any) -> Any:
     return value
 
 
-def flatten(node: DictConfig, prefix: str = "") -> dict:
+def flatten(node: Any, prefix: str = "") -> dict:
     """A config as {dotted.key: value}; interpolations that cannot be resolved here stay as text."""
     out: dict = {}
-    raw = OmegaConf.to_container(node, resolve=False)
-    for key in node.keys():
+    raw = OmegaConf.to_container(node, resolve=False) if isinstance(node, DictConfig) else node
+    for key in raw:
         try:
             value = node[key]
         except Exception:  # ${hydra:...} resolves only inside Hydra; ??? is missing
             value = raw[key]
-        if isinstance(value, DictConfig) and len(value):
+        if isinstance(value, (dict, DictConfig)) and len(value):
             out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = hashable(_plain(value))
@@ -81,13 +82,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _load_yaml(path: Path) -> Optional[Any]:
-    if not path.is_file():
-        return None
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # OmegaConf.load is ~10x slower: many runs
+
+
+def _load_yaml(path: Path) -> Any:
+    """A YAML file Hydra wrote; with interpolations, as an OmegaConf node that can resolve them."""
     try:
-        return OmegaConf.load(path)
-    except Exception:
+        text = path.read_text()
+        data = yaml.load(text, Loader=_Loader)
+    except (OSError, yaml.YAMLError):
         return None
+    return OmegaConf.create(data) if "${" in text and isinstance(data, (dict, list)) else data
 
 
 def read_metrics(run_dir: Path) -> dict:
@@ -110,20 +115,21 @@ def read_run(run_dir: Path) -> Run:
     config = _load_yaml(run_dir / ".hydra" / "config.yaml")
     hydra = _load_yaml(run_dir / ".hydra" / "hydra.yaml")
     overrides = _load_yaml(run_dir / ".hydra" / "overrides.yaml")
+    has_config = isinstance(config, (dict, DictConfig))
     choices = {}
-    if isinstance(config, DictConfig):
+    if has_config:
         flat = flatten(config)
     else:  # a run made without Hydra (kdrun.training.run.run called directly): what metrics.json says
         choices = {k: metrics[k] for k in FROM_METRICS if k in metrics}
         flat = {f"{k}.name": v for k, v in choices.items()}
         flat.update({"seed": metrics.get("seed"), "train.epochs": metrics.get("epochs")})
-    if isinstance(hydra, DictConfig):
-        raw = OmegaConf.select(hydra, "hydra.runtime.choices", default=None)
-        if isinstance(raw, DictConfig):
-            choices = {str(k): v for k, v in OmegaConf.to_container(raw).items() if not str(k).startswith("hydra/")}
+    raw = OmegaConf.to_container(hydra, resolve=False) if isinstance(hydra, DictConfig) else hydra
+    raw = ((raw or {}).get("hydra") or {}).get("runtime", {}).get("choices") if isinstance(raw, dict) else None
+    if isinstance(raw, dict):
+        choices = {str(k): v for k, v in raw.items() if not str(k).startswith("hydra/")}
     return Run(path=run_dir, metrics=metrics, config=flat, choices=choices,
-               overrides=[str(o) for o in overrides] if isinstance(overrides, ListConfig) else [],
-               has_config=isinstance(config, DictConfig))
+               overrides=[str(o) for o in overrides] if isinstance(overrides, (list, ListConfig)) else [],
+               has_config=has_config)
 
 
 def _natural(path: Path) -> list:
