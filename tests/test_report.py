@@ -215,3 +215,11 @@ def test_sweep_summary_written_once_and_exit_status(grid_sweep, monkeypatch):
     assert (grid_sweep / "summary.md").is_file()
     (grid_sweep / "summary.md").unlink()
     assert finish_sweep() == 1 and not (grid_sweep / "summary.md").exists()  # not written twice
+
+
+def test_plot_without_matplotlib_says_how_to_install(grid_sweep, monkeypatch, capsys):
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib.figure", None)  # import fails as if missing
+    with pytest.raises(SystemExit) as exit_info:
+        report_main([str(grid_sweep), "--plot"])
+    assert exit_info.value.code == 2 and "kdrun[plot]" in capsys.readouterr().err
+    assert not (grid_sweep / "summary.csv").exists()  # refused before any work

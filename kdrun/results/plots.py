@@ -11,13 +11,17 @@ from kdrun.results.pivot import Grid
 from kdrun.results.tables import METRIC_LABELS, Summary
 
 
-def _figure(**kwargs):
+def require_matplotlib():
     try:
         from matplotlib.figure import Figure  # drawn without pyplot: no display or backend needed
     except ImportError:
         raise UserError("--plot draws with matplotlib, which is not installed here. Install it with "
                         "pip install 'kdrun[plot]' (or pip install matplotlib), or leave out --plot.") from None
-    return Figure(**kwargs)
+    return Figure
+
+
+def _figure(**kwargs):
+    return require_matplotlib()(**kwargs)
 
 
 def slug(text: str) -> str:

@@ -23,6 +23,10 @@ def summarise(dirs: Sequence[Path], pivot_keys: Optional[Sequence[str]] = None, 
               metric: str = "test_acc") -> tuple[Summary, list[Path]]:
     """Print the summary of every run below `dirs` and write its files into each of them."""
     dirs = [Path(d) for d in dirs]
+    if plot:
+        from kdrun.results.plots import require_matplotlib
+
+        require_matplotlib()  # before any work
     runs = find_runs(dirs)
     if not runs:
         raise UserError(f"No kdrun runs below {', '.join(map(str, dirs))}: no metrics.json or .hydra/config.yaml "
