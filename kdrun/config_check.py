@@ -3,9 +3,11 @@
 Hydra refuses unknown group options (`student=nope`) and unknown keys in overrides (`method.Tx=3`)
 itself, but it passes values through untyped: `train.epochs=abc` arrives as the string "abc". So every
 value of the composed config is compared with the defaults of the same group choices (the config the
-user would get without value overrides): a number stays a number, a flag a flag, a list a list.
-Keys added with `+` that the defaults lack are refused as well, except in the model nodes, whose
-extra keys are constructor arguments (the model then says whether it takes them).
+user would get without value overrides): an integer stays an integer, a number a number, a flag a
+flag, a list a list. `null` is taken where the default is null, a list or a group, and for the keys in
+NULLABLE (documented as "N or null"); elsewhere it is refused. Keys added with `+` that the defaults
+lack are refused as well, except in the model nodes, whose extra keys are constructor arguments (the
+model then says whether it takes them).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from kdrun.errors import UserError
 log = logging.getLogger("kdrun")
 OPEN_NODES = ("teacher", "student")  # their extra keys are model constructor arguments
 CLOSED_SUBNODES = ("teacher.train",)  # ... but a teacher's recipe has fixed keys
+NULLABLE = ("ce_weight", "train_size", "test_size")  # numbers whose null means something (see their configs)
 
 
 def resolved(cfg: DictConfig) -> dict:
@@ -36,17 +39,22 @@ def resolved(cfg: DictConfig) -> dict:
                         f"interpolations in your overrides and config files.") from None
 
 
+_defaults: dict = {}  # per process: a sweep's jobs share their group choices
+
+
 def default_config(choices: Mapping[str, Optional[str]], config_name: str = "config") -> Optional[dict]:
     """The config of these group choices without value overrides, or None when it cannot be composed."""
     overrides = [f"{group}={option}" for group, option in choices.items()
                  if option is not None and not group.startswith("hydra")]
     try:
         if GlobalHydra.instance().is_initialized():  # inside the app: its search path (-cd included)
-            cfg = compose(config_name, overrides=overrides)
-        else:
-            with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-                cfg = compose(config_name, overrides=overrides)
-        return OmegaConf.to_container(cfg, resolve=True)
+            sources = tuple(s.path for s in GlobalHydra.instance().config_loader().get_sources())
+            key = (config_name, tuple(overrides), sources)
+            if key not in _defaults:
+                _defaults[key] = OmegaConf.to_container(compose(config_name, overrides=overrides), resolve=True)
+            return _defaults[key]
+        with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+            return OmegaConf.to_container(compose(config_name, overrides=overrides), resolve=True)
     except Exception as e:  # a check that cannot be made must not stop a run
         log.debug("No default config to check types against (%s).", e)
         return None
@@ -58,12 +66,14 @@ def check_config(cfg: DictConfig, choices: Mapping[str, Optional[str]], config_n
     defaults = default_config(choices, config_name)
     if defaults is not None:
         _compare(values, defaults, "")
-    seed = values.get("seed")
-    if not _is_int(seed):
-        raise UserError(f"seed={_show(seed)}: expected an integer (e.g. seed=0).")
+    if not _is_int(values.get("seed")):
+        _wrong("seed", values.get("seed"), 0, "an integer")
 
 
 def _compare(value: Any, default: Any, key: str) -> None:
+    if value is None and (default is None or isinstance(default, (dict, list))
+                          or key.rsplit(".", 1)[-1] in NULLABLE):
+        return
     if isinstance(default, dict):
         if not isinstance(value, dict):
             _wrong(key, value, default, "a group of keys")
@@ -79,28 +89,21 @@ def _compare(value: Any, default: Any, key: str) -> None:
     elif isinstance(default, bool):
         if not isinstance(value, bool):
             _wrong(key, value, default, "true or false")
-    elif isinstance(default, (int, float)):
-        # An integer default also takes a float: a yaml `beta: 1000` is often meant as a real number.
-        # The code that needs an integer (epochs, sizes) checks that itself.
+    elif isinstance(default, int):  # configs write real-valued keys as floats (`beta: 1000.0`)
+        if not _is_int(value):
+            _wrong(key, value, default, "an integer")
+    elif isinstance(default, float):
         if not _is_number(value):
             _wrong(key, value, default, "a number")
         if not math.isfinite(value):
             _wrong(key, value, default, "a finite number")
     elif isinstance(default, list):
-        if value is None:
-            return
         if not isinstance(value, list):
             _wrong(key, value, default, "a list, e.g. [1,2]")
-        kinds = {_kind(d) for d in default}
-        if len(kinds) == 1 and kinds != {"other"}:
+        kinds = {type(d) for d in default}
+        if len(kinds) == 1 and kinds <= {bool, int, float}:
             for i, item in enumerate(value):
                 _compare(item, default[0], f"{key}[{i}]")
-
-
-def _kind(v: Any) -> str:
-    if isinstance(v, bool):
-        return "bool"
-    return "number" if isinstance(v, (int, float)) else "other"
 
 
 def _is_number(v: Any) -> bool:

@@ -5,13 +5,17 @@ Most rows run the CLI in this process (`inprocess.kdrun_in_process`: same entry 
 start-up); a few run it as a separate process, as a user would.
 """
 import json
+import re
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import QUICK, compose_config, group_options, kdrun_cli, read_json
 from inprocess import kdrun_in_process, one_cpu_thread  # noqa: F401  (autouse fixture)
+from kdrun.errors import UserError
 from kdrun.models.mlp import MLP
+from kdrun.training.recipe import Recipe
 from kdrun.training.run import run
 
 
@@ -34,10 +38,8 @@ def assert_refused(code, out, *needles, status=2):
 # Unknown group names and unknown keys: Hydra's own messages, before kdrun runs.
 @pytest.mark.parametrize("override,needles", [
     ("student=nope", ["Could not find 'student/nope'", "mlp_800"]),
-    ("dataset=nope", ["Could not find 'dataset/nope'", "synthetic"]),
     ("method=nope", ["Could not find 'method/nope'", "kd"]),
     ("method.Tx=3", ["Could not override 'method.Tx'", "Key 'Tx' is not in struct"]),
-    ("train.lrr=0.1", ["Could not override 'train.lrr'", "Key 'lrr' is not in struct"]),
 ])
 def test_unknown_names_and_keys_get_hydras_message(cli, override, needles):
     assert_refused(*cli(override), *needles, status=1)
@@ -48,19 +50,15 @@ def test_a_key_added_with_plus_that_no_config_has_is_refused(cli):
 
 
 @pytest.mark.parametrize("override,needles", [
-    ("train.epochs=abc", ["train.epochs=abc", "expected a number"]),
+    ("train.epochs=abc", ["train.epochs=abc", "expected an integer"]),
     ("train.epochs=2.5", ["train.epochs=2.5", "expected an integer"]),
-    ("teacher.train.batch_size=x", ["teacher.train.batch_size=x"]),
     ("method.T=abc", ["method.T=abc", "expected a number"]),
-    ("method.alpha=[1]", ["method.alpha=[1]", "expected a number"]),
-    ("seed=abc", ["seed=abc"]),
     ("seed=1.5", ["seed=1.5", "integer"]),
-    ("student.hidden=abc", ["student.hidden=abc", "expected a list"]),
-    ("student.hidden=[a]", ["student.hidden[0]=a", "expected a number"]),
+    ("student.hidden=[a]", ["student.hidden[0]=a", "expected an integer"]),
     ("train.nesterov=maybe", ["train.nesterov=maybe", "true or false"]),
-    ("train.milestones=5", ["train.milestones=5", "expected a list"]),
     ("dataset.train_size=abc", ["dataset.train_size=abc"]),
     ("train.lr=inf", ["train.lr=inf", "finite"]),
+    ("method.T=null", ["method.T=null", "expected a number"]),
     ("train.epochs=${nope}", ["cannot be resolved", "nope"]),
 ])
 def test_wrong_types_name_the_key(cli, override, needles):
@@ -69,21 +67,11 @@ def test_wrong_types_name_the_key(cli, override, needles):
 
 @pytest.mark.parametrize("override,needles", [
     ("method.T=-1", ["method.T", "positive"]),
-    ("method.T=0", ["method.T", "positive"]),
     ("method.alpha=1.5", ["method.alpha", "[0, 1]"]),
-    ("method.alpha=-0.1", ["method.alpha", "[0, 1]"]),
     ("train.epochs=0", ["train.epochs must be at least 1"]),
-    ("teacher.train.epochs=-2", ["teacher.train.epochs must be at least 1"]),
     ("train.lr=-0.1", ["train.lr must be positive"]),
-    ("train.batch_size=0", ["train.batch_size"]),
-    ("train.momentum=1", ["train.momentum"]),
-    ("train.gamma=0", ["train.gamma"]),
-    ("train.milestones=[0]", ["train.milestones"]),
     ("dataset.train_size=-5", ["dataset.train_size"]),
-    ("dataset.test_size=0", ["dataset.test_size"]),
-    ("dataset.val_size=-1", ["dataset.val_size"]),
     ("dataset.val_size=100000", ["dataset.val_size=100000", "leaves no training data"]),
-    ("dataset.num_classes=1", ["dataset.num_classes"]),
     ("device=tpu", ["device=", "auto, cpu, cuda"]),
 ])
 def test_impossible_values_are_refused_before_training(cli, tmp_path, override, needles):
@@ -91,6 +79,19 @@ def test_impossible_values_are_refused_before_training(cli, tmp_path, override, 
     assert_refused(code, out, *needles)
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
     assert read_json(tmp_path / "run" / "metrics.json")["status"] == "failed"
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("epochs", -2, "epochs must be at least 1"), ("batch_size", 0, "batch_size must be at least 1"),
+    ("momentum", 1.0, "momentum must lie in [0, 1)"), ("weight_decay", -1e-4, "weight_decay must be 0 or more"),
+    ("gamma", 0.0, "gamma must be positive"), ("milestones", [0], "milestones are epochs"),
+    ("batch_size", "x", "batch_size=x: expected an integer"), ("lr", float("nan"), "lr=nan: expected a finite"),
+    ("milestones", ["a"], "milestones=['a']: expected a list of epochs"), ("nesterov", "yes", "nesterov=yes: expected true or false"),
+])
+def test_every_recipe_key_refuses_impossible_values_and_wrong_types(key, value, needle):
+    cfg = OmegaConf.merge(compose_config().teacher.train, {key: value})
+    with pytest.raises(UserError, match=re.escape(f"teacher.train.{needle}")):
+        Recipe.from_config(cfg, "teacher.train")
 
 
 def save_mlp(path, num_classes=10, hidden=(32,), image_size=8):
@@ -149,13 +150,6 @@ def test_unwritable_sweep_directory_and_cache(cli, tmp_path):
     assert_refused(*cli("-m", f"hydra.sweep.dir={blocker}/sweep", "method.T=2,4"),
                    f"{blocker}/sweep cannot be written", "hydra.sweep.dir=")
     assert_refused(*cli(f"cache_dir={blocker}/cache"), "cache_dir=", "is a file, not a directory")
-
-
-def test_typo_and_wrong_type_as_a_user_sees_them(tmp_path):
-    typo = kdrun_cli([*QUICK, "method.Tx=3"], cwd=tmp_path)
-    assert_refused(typo.returncode, typo.stdout + typo.stderr, "Key 'Tx' is not in struct", status=1)
-    wrong = kdrun_cli([*QUICK, "train.epochs=abc"], cwd=tmp_path)
-    assert_refused(wrong.returncode, wrong.stdout + wrong.stderr, "train.epochs=abc")
 
 
 def test_corrupt_checkpoint_on_resume_is_refused_by_name(cli, tmp_path):

@@ -119,6 +119,10 @@ def fit(
             batch_iter = data.batches(data.train, recipe.batch_size, shuffle=True, seed=seed_e, train=True)
             for step, (idx, x, y) in enumerate(batch_iter, start=1):
                 _, losses = distiller.forward_train(x, y, epoch, idx)
+                if not losses:
+                    raise UserError(f"Stage {stage}: nothing to train, every loss term of the method is "
+                                    f"switched off ({', '.join(method_weights(distiller)) or 'no weights'}). "
+                                    f"Give at least one loss weight a positive value.")
                 loss = sum(losses.values())
                 # Record the first non-finite step on the device: no host sync inside the epoch.
                 first = (bad_step == 0) & ~torch.isfinite(loss.detach())
@@ -168,14 +172,18 @@ def diverged(distiller: Distiller, recipe: Recipe, stage: str, epoch: int, step:
         f"in epoch {epoch} (the sum of its finite step losses overflowed)"
     value = value if step else train_loss
     kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no epoch had completed"
-    weights = [f"method.{k}={v}" for k, v in distiller.cfg.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    weights = method_weights(distiller)
     method_hint = f", or check the method's temperature and loss weights ({', '.join(weights)})" if weights else ""
     return TrainingDiverged(
         f"Stage {stage}: the training loss became {value} {where}. The run stopped and {kept}. "
         f"Lower the learning rate (now {recipe.lr}){method_hint}.",
         stage=stage, epoch=epoch, step=step or None, loss=str(value), lr=recipe.lr,
     )
+
+
+def method_weights(distiller: Distiller) -> list[str]:
+    return [f"method.{k}={v}" for k, v in distiller.cfg.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
 def rng_state() -> dict:
