@@ -5,6 +5,7 @@ epoch and ends with exactly the weights of a run that was never stopped (CPU, fi
 The student is `faulty_student.FaultyMLP` (an MLP that stops inside a chosen training step) so that
 the signal lands in the middle of epoch 2 at a known step, without relying on timing.
 """
+import errno
 import os
 import signal
 import subprocess
@@ -15,6 +16,9 @@ import pytest
 import torch
 
 from conftest import REPO, kdrun_cli, read_json
+from kdrun.errors import UserError
+from kdrun.training.checkpoint import atomic_write, save_torch
+from kdrun.training.signals import RunInterrupted, interrupts_raise
 from inprocess import kdrun_in_process, one_cpu_thread  # noqa: F401  (autouse fixture)
 
 STEPS_PER_EPOCH = 8
@@ -156,3 +160,37 @@ def test_a_huge_learning_rate_fails_cleanly_in_the_first_epoch(tmp_path, monkeyp
     metrics = read_json(tmp_path / "run" / "metrics.json")
     assert metrics["status"] == "failed" and metrics["diverged"]["step"] == 2
     assert not (tmp_path / "run" / "checkpoints" / "ce.pt").exists()
+
+
+def test_a_write_cut_off_by_a_kill_or_a_full_disk_leaves_the_old_file(tmp_path):
+    path = tmp_path / "checkpoints" / "kd.pt"
+    save_torch(path, {"epoch": 1})
+
+    def full_disk(f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def interrupted(f):
+        f.write(b"partial")
+        raise RunInterrupted(signal.SIGTERM)
+
+    with pytest.raises(UserError, match=f"Cannot write {path} \\(No space left on device\\)"):
+        atomic_write(path, full_disk)
+    with pytest.raises(RunInterrupted):
+        atomic_write(path, interrupted)
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["kd.pt"]  # no temporary files left behind
+
+
+def test_signal_handlers_are_installed_for_the_run_only_and_submitit_keeps_sigterm(monkeypatch):
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with interrupts_raise():
+        with pytest.raises(RunInterrupted) as stopped:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises as soon as the signal arrives
+        assert stopped.value.exit_code == 143 and stopped.value.signal_name == "SIGTERM"
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")  # inside a submitit job: its own SIGTERM handling stays
+    with interrupts_raise():
+        assert signal.getsignal(signal.SIGTERM) == before[0]
+        assert signal.getsignal(signal.SIGINT) != before[1]
