@@ -44,6 +44,9 @@ def random_case(rng: random.Random, empty_dir) -> tuple[dict, list[str]]:
     groups = {"dataset": rng.choice(group_options("dataset")), "method": rng.choice(group_options("method")),
               "schedule": rng.choice(group_options("schedule")),
               "teacher": rng.choice(models), "student": rng.choice(models)}
+    experiments = group_options("experiment")
+    if experiments and rng.random() < 0.25:  # a published recipe, cut down to tiny sizes below
+        groups["experiment"] = rng.choice(experiments)
     overrides = [f"{g}={o}" for g, o in groups.items()]
     plain = OmegaConf.to_container(compose_config(overrides))
     overrides += [f"{k}={value_text(v)}" for k, v in TINY.items()]
