@@ -23,6 +23,7 @@ SMALL_MODELS = ("mlp", "mlp_800", "resnet8", "wrn16_1", "plain2")
 EMBEDDED_DATASETS = ("synthetic", "digits")  # the others read files: here from an empty folder
 TINY = {"dataset.train_size": 64, "dataset.test_size": 32, "train.epochs": 1, "train.batch_size": 32,
         "teacher.train.epochs": 1, "teacher.train.batch_size": 32, "progress": False}
+TINY_METHOD = {"nce_k": 16}  # sizes of method state that must fit the tiny training split
 BAD_NUMBERS = [0, -1, 0.5, 2, 3.0, "abc", None]
 
 
@@ -41,7 +42,10 @@ def value_text(value) -> str:
 
 def random_case(rng: random.Random, empty_dir) -> tuple[dict, list[str]]:
     models = [m for m in SMALL_MODELS if m in group_options("student")]
-    groups = {"dataset": rng.choice(group_options("dataset")), "method": rng.choice(group_options("method")),
+    datasets = group_options("dataset")
+    embedded = [d for d in datasets if d in EMBEDDED_DATASETS]
+    groups = {"dataset": rng.choice(embedded if rng.random() < 0.8 else datasets),
+              "method": rng.choice(group_options("method")),
               "schedule": rng.choice(group_options("schedule")),
               "teacher": rng.choice(models), "student": rng.choice(models)}
     experiments = group_options("experiment")
@@ -50,13 +54,14 @@ def random_case(rng: random.Random, empty_dir) -> tuple[dict, list[str]]:
     overrides = [f"{g}={o}" for g, o in groups.items()]
     plain = OmegaConf.to_container(compose_config(overrides))
     overrides += [f"{k}={value_text(v)}" for k, v in TINY.items()]
+    overrides += [f"method.{k}={v}" for k, v in TINY_METHOD.items() if k in plain["method"]]
     if groups["dataset"] == "synthetic":
         overrides += ["dataset.image_size=8", f"dataset.channels={rng.choice([1, 3])}"]
     elif groups["dataset"] not in EMBEDDED_DATASETS:
         overrides += [f"dataset.root={empty_dir}", "dataset.download=false"]
     candidates = [k for k in numeric_keys({g: plain[g] for g in ("method", "schedule", "dataset", "train")})
                   if k not in TINY and not k.endswith(("image_size", "channels"))] + ["seed", "teacher.train.lr"]
-    for key in rng.sample(candidates, k=min(len(candidates), rng.randint(0, 3))):
+    for key in rng.sample(candidates, k=min(len(candidates), rng.choice([0, 0, 1, 1, 2]))):
         pool = BAD_NUMBERS + ([1e30] if key.endswith("lr") else [])
         overrides.append(f"{key}={value_text(rng.choice(pool))}")
     if rng.random() < 0.15:
