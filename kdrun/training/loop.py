@@ -114,16 +114,17 @@ def fit(
             total = torch.zeros((), device=data.device)
             bad_step = torch.zeros((), dtype=torch.long, device=data.device)  # first non-finite loss, 0: none
             bad_loss = torch.zeros((), device=data.device)
+            step = 0
             terms: dict[str, torch.Tensor] = {}
             t0 = time.perf_counter()
-            batch_iter = data.batches(data.train, recipe.batch_size, shuffle=True, seed=seed_e, train=True)
-            for step, (idx, x, y) in enumerate(batch_iter, start=1):
+            for idx, x, y in data.batches(data.train, recipe.batch_size, shuffle=True, seed=seed_e, train=True):
                 _, losses = distiller.forward_train(x, y, epoch, idx)
+                loss = sum(losses.values())
+                step += 1
                 if not losses:
                     raise UserError(f"Stage {stage}: nothing to train, every loss term of the method is "
                                     f"switched off ({', '.join(method_weights(distiller)) or 'no weights'}). "
                                     f"Give at least one loss weight a positive value.")
-                loss = sum(losses.values())
                 # Record the first non-finite step on the device: no host sync inside the epoch.
                 first = (bad_step == 0) & ~torch.isfinite(loss.detach())
                 bad_step = torch.where(first, step, bad_step)

@@ -31,13 +31,13 @@ class Recipe:
         check_types(values, where)
         values["milestones"] = tuple(int(m) for m in values.get("milestones") or ())
         r = cls(**values)
+        require(float(r.gamma) > 0, f"{where}.gamma must be positive, got {r.gamma}.")
+        require(all(m >= 1 for m in r.milestones), f"{where}.milestones are epochs, 1 or more: got {list(r.milestones)}.")
         require(int(r.epochs) >= 1, f"{where}.epochs must be at least 1, got {r.epochs}.")
         require(int(r.batch_size) >= 1, f"{where}.batch_size must be at least 1, got {r.batch_size}.")
         require(float(r.lr) > 0, f"{where}.lr must be positive, got {r.lr}.")
         require(0 <= float(r.momentum) < 1, f"{where}.momentum must lie in [0, 1), got {r.momentum}.")
         require(float(r.weight_decay) >= 0, f"{where}.weight_decay must be 0 or more, got {r.weight_decay}.")
-        require(float(r.gamma) > 0, f"{where}.gamma must be positive, got {r.gamma}.")
-        require(all(m >= 1 for m in r.milestones), f"{where}.milestones are epochs, 1 or more: got {list(r.milestones)}.")
         return r
 
     def optimizer(self, params) -> torch.optim.Optimizer:
