@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue, OmegaConfBaseException
 
 from kdrun.configs import CONFIG_DIR
 from kdrun.errors import UserError
@@ -33,6 +33,10 @@ def resolved(cfg: DictConfig) -> dict:
     """The config as plain values, interpolations resolved; a broken one is the user's to fix."""
     try:
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except (MissingMandatoryValue, InterpolationToMissingValueError) as e:
+        key = getattr(e, "full_key", None) or str(e).strip().splitlines()[0]
+        raise UserError(f"The config leaves {key} open (`???`): set it on the command line, e.g. {key}=VALUE "
+                        f"(the config file of its group says what it means).") from None
     except OmegaConfBaseException as e:
         first = str(e).strip().splitlines()[0]
         raise UserError(f"The config cannot be resolved: {first}. Check the ${{...}} "

@@ -46,7 +46,7 @@ def random_case(rng: random.Random, empty_dir) -> tuple[dict, list[str]]:
     embedded = [d for d in datasets if d in EMBEDDED_DATASETS]
     groups = {"dataset": rng.choice(embedded if rng.random() < 0.8 else datasets),
               "method": rng.choice(group_options("method")),
-              "schedule": rng.choice(group_options("schedule")),
+              "schedule": "single" if rng.random() < 0.6 else rng.choice(group_options("schedule")),
               "teacher": rng.choice(models), "student": rng.choice(models)}
     experiments = group_options("experiment")
     if experiments and rng.random() < 0.25:  # a published recipe, cut down to tiny sizes below
@@ -55,12 +55,17 @@ def random_case(rng: random.Random, empty_dir) -> tuple[dict, list[str]]:
     plain = OmegaConf.to_container(compose_config(overrides))
     overrides += [f"{k}={value_text(v)}" for k, v in TINY.items()]
     overrides += [f"method.{k}={v}" for k, v in TINY_METHOD.items() if k in plain["method"]]
+    if "assistants" in plain["schedule"]:  # takd: a chain through one small model
+        overrides.append(f"schedule.assistants=[{rng.choice(models)}]")
+    if "generations" in plain["schedule"]:  # ban
+        overrides.append("schedule.generations=2")
     if groups["dataset"] == "synthetic":
         overrides += ["dataset.image_size=8", f"dataset.channels={rng.choice([1, 3])}"]
     elif groups["dataset"] not in EMBEDDED_DATASETS:
         overrides += [f"dataset.root={empty_dir}", "dataset.download=false"]
     candidates = [k for k in numeric_keys({g: plain[g] for g in ("method", "schedule", "dataset", "train")})
-                  if k not in TINY and not k.endswith(("image_size", "channels"))] + ["seed", "teacher.train.lr"]
+                  if k not in TINY and not k.endswith(("image_size", "channels", "generations"))]
+    candidates += ["seed", "teacher.train.lr"]
     for key in rng.sample(candidates, k=min(len(candidates), rng.choice([0, 0, 1, 1, 2]))):
         pool = BAD_NUMBERS + ([1e30] if key.endswith("lr") else [])
         overrides.append(f"{key}={value_text(rng.choice(pool))}")
