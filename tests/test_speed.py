@@ -16,7 +16,7 @@ from kdrun.training import speed as speed_mod
 from kdrun.training.loop import evaluate, fit
 from kdrun.training.recipe import Recipe
 from kdrun.training.run import run
-from kdrun.training.speed import Speed, resolve_dtype, upcast
+from kdrun.training.speed import Speed, resolve_dtype, loss_inputs
 
 CPU = torch.device("cpu")
 KD = OmegaConf.create({"name": "kd", "T": 4.0, "alpha": 0.9, "ce_weight": None})
@@ -45,8 +45,10 @@ class FeatureKD(Distiller):
         self.watch(["conv2"], ["conv2", "fc:in"])
 
     def losses(self, s_logits, t_logits, s_feats, t_feats, **_):
+        n = len(s_logits)  # .view needs the standard layout, which losses get also under channels_last
+        s_map, t_map = s_feats["conv2"].view(n, 16, -1).mean(1), t_feats["conv2"].view(n, 24, -1).mean(1)
         return {"kl": nn.functional.kl_div(s_logits.log_softmax(1), t_logits.softmax(1), reduction="batchmean"),
-                "feat": (s_feats["conv2"].mean(1) - t_feats["conv2"].mean(1)).pow(2).mean() + t_feats["fc:in"].mean() * 0}
+                "feat": (s_map - t_map).pow(2).mean() + (t_feats["fc:in"] - 0.1).pow(2).mean()}
 
 
 def tiny_data(augment=None):
@@ -195,7 +197,7 @@ def test_precision_resolution_and_recipe_keys(monkeypatch):
             Recipe.from_config(OmegaConf.create({key: value}))
     # speed keys do not change what is computed, so they stay out of the teacher cache key
     assert Recipe(precision="bf16", compile=True).as_dict() == Recipe().as_dict()
-    nested = upcast({"a": [torch.ones(2, dtype=torch.bfloat16)], "b": torch.ones(2, dtype=torch.long)})
+    nested = loss_inputs({"a": [torch.ones(2, dtype=torch.bfloat16)], "b": torch.ones(2, dtype=torch.long)})
     assert nested["a"][0].dtype == torch.float32 and nested["b"].dtype == torch.long
 
 
@@ -208,3 +210,17 @@ def test_run_with_speed_options_writes_images_per_second(tmp_path):
     again = compose_config(QUICK + ["train.precision=fp32", "train.epochs=2"])
     from kdrun.training.run import config_identity
     assert config_identity(again) == config_identity(cfg)  # a run may resume with other speed settings
+
+
+def test_bench_script_runs_both_loops(capsys):
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bench", REPO / "scripts" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--teacher", "mlp", "--student", "mlp", "--batch-size", "16", "--images", "48", "--workers", "0",
+                "--warmup-batches", "1", "--no-augment", "teacher.hidden=[16]", "student.hidden=[8]", "device=cpu"])
+    out = capsys.readouterr().out
+    assert "kdrun / reference:" in out and "reference (RepDistiller-style)" in out and "CIFAR-100 epoch" in out

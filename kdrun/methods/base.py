@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from kdrun.data.base import DataInfo
 from kdrun.errors import require
 from kdrun.models.features import FeatureHooks
-from kdrun.training.speed import full_precision, upcast
+from kdrun.training.speed import full_precision, loss_inputs
 
 
 class Distiller(nn.Module):
@@ -98,7 +98,7 @@ class Distiller(nn.Module):
         t_logits, t_feats = self.teacher_outputs(x, index) if self.uses_teacher else (None, {})
         # Under bf16 autocast only the models' forwards are bf16: the losses see fp32 tensors.
         with full_precision(x.device.type):
-            batch = upcast(dict(x=x, y=y, s_logits=s_logits, t_logits=t_logits, s_feats=s_feats,
+            batch = loss_inputs(dict(x=x, y=y, s_logits=s_logits, t_logits=t_logits, s_feats=s_feats,
                                 t_feats=t_feats, epoch=epoch, index=index))
             s_logits = batch["s_logits"]
             if self.phase == "init":

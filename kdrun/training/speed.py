@@ -136,18 +136,24 @@ def configure_backends(device: torch.device) -> None:
 
 
 def full_precision(device_type: str):
-    """Autocast off (for losses): the inputs of a loss are upcast to fp32 by `upcast`."""
+    """Autocast off, for the losses; their inputs go through `loss_inputs` first."""
     return torch.autocast(device_type, enabled=False)
 
 
-def upcast(value):
-    """Floating tensors (also inside dicts, lists, tuples) to fp32; anything else as it is."""
+def loss_inputs(value):
+    """Floating tensors (also inside dicts, lists, tuples) as fp32 in the standard (NCHW) layout.
+
+    Losses then see the same tensors whatever the precision and memory format of the forward, so
+    a method's `.view(n, -1)` works on channels_last features too. Anything else passes as it is.
+    """
     if isinstance(value, torch.Tensor):
-        return value.float() if value.is_floating_point() and value.dtype != torch.float32 else value
+        if value.is_floating_point() and value.dtype != torch.float32:
+            value = value.float()
+        return value.contiguous()
     if isinstance(value, dict):
-        return {k: upcast(v) for k, v in value.items()}
+        return {k: loss_inputs(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(upcast(v) for v in value)
+        return type(value)(loss_inputs(v) for v in value)
     return value
 
 

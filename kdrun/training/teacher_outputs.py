@@ -72,6 +72,12 @@ def teacher_output_cache(distiller, data: Dataset, setting: Optional[bool], spee
     sample = speed.batch(data.prepare(data.train.x[:2], train=False))
     with speed.autocast():
         logits, features = distiller.teacher_forward(sample)
+    if not isinstance(logits, torch.Tensor) or not all(isinstance(v, torch.Tensor) for v in features.values()):
+        if setting:
+            raise UserError("train.cache_teacher=true, but this method's teacher outputs are not plain tensors. "
+                            "Use train.cache_teacher=auto or false.")
+        log.info("Teacher outputs are not cached: they are not plain tensors.")
+        return None
     n = len(data.train)
     need, budget = TeacherOutputs.nbytes(n, logits, features), memory_budget(data.device)
     if need > budget:
