@@ -46,7 +46,7 @@ class FeatureKD(Distiller):
 
     def losses(self, s_logits, t_logits, s_feats, t_feats, **_):
         n = len(s_logits)  # .view needs the standard layout, which losses get also under channels_last
-        s_map, t_map = s_feats["conv2"].view(n, 16, -1).mean(1), t_feats["conv2"].view(n, 24, -1).mean(1)
+        s_map, t_map = s_feats["conv2"].view(n, -1).pow(2).mean(1), t_feats["conv2"].view(n, -1).pow(2).mean(1)
         return {"kl": nn.functional.kl_div(s_logits.log_softmax(1), t_logits.softmax(1), reduction="batchmean"),
                 "feat": (s_map - t_map).pow(2).mean() + (t_feats["fc:in"] - 0.1).pow(2).mean()}
 
