@@ -169,7 +169,7 @@ def start_stage(distiller: nn.Module, data, recipe) -> Speed:
         distiller.to(memory_format=torch.channels_last)  # the student and the method's own modules
     speed.prepare_model(distiller.student)
     speed.prepare_model(teacher)
-    log.debug("Stage runs in %s.", speed.describe())
+    log.info("Training runs in %s on %s.", speed.describe(), speed.device)
     return speed
 
 
