@@ -51,7 +51,7 @@ def compose(args) -> "DictConfig":  # noqa: F821
 
     overrides = [f"teacher={args.teacher}", f"student={args.student}", f"method={args.method}",
                  "dataset=synthetic", "dataset.channels=3", "dataset.image_size=32", "dataset.num_classes=100",
-                 f"dataset.train_size={args.images}", f"dataset.test_size={args.batch_size}",
+                 f"dataset.test_size={args.batch_size}",
                  f"train.batch_size={args.batch_size}", "train.epochs=1", f"device={args.device}"]
     if args.augment:
         overrides += ["+dataset.augment.crop_padding=4", "+dataset.augment.flip=true"]
@@ -172,10 +172,11 @@ def main(argv=None) -> None:
     parser.add_argument("overrides", nargs="*", help="kdrun config overrides, e.g. train.precision=fp32")
     args = parser.parse_args(argv)
 
-    if args.images is None:
-        args.images = 25_600 if resolve_device(args.device).type == "cuda" else 1280
     cfg = compose(args)
     device = resolve_device(cfg.device)
+    if args.images is None:
+        args.images = 25_600 if device.type == "cuda" else 1280
+    cfg.dataset.train_size = args.images
     configure_threads()
     torch.manual_seed(0)
     info_data = build_dataset(cfg.dataset, torch.device("cpu")).info
