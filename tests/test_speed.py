@@ -139,8 +139,8 @@ def test_cached_epochs_do_not_run_the_teacher():
     data = tiny_data()
     distiller = build_method(KD, student, teacher, data.info)
     fit(distiller, data, Recipe(epochs=3, batch_size=16, cache_teacher="true", precision="fp32"), stage="kd", seed=0)
-    # one probe for the cache's shapes, one epoch of 3 batches, then nothing; the test evaluations use the student
-    assert len(calls) == 1 + 3
+    # two probes of the outputs' shapes, one epoch of 3 batches, then nothing (evaluation is the student's)
+    assert len(calls) == 2 + 3
     assert distiller.teacher_cache is None  # freed at the end of the stage
 
 
@@ -153,6 +153,20 @@ def test_cache_refused_when_the_data_is_augmented(caplog):
     fit(distiller, data, Recipe(epochs=1, batch_size=16, precision="fp32"), stage="kd", seed=0)
     assert "not cached: the training data is augmented" in caplog.text
     with pytest.raises(UserError, match="augmented"):
+        fit(distiller, data, Recipe(epochs=1, batch_size=16, cache_teacher="true"), stage="kd", seed=0)
+
+
+def test_cache_refused_for_an_ensemble_teacher(caplog):
+    from kdrun.models.ensemble import TeacherEnsemble
+
+    caplog.set_level("INFO", logger="kdrun")
+    student, teacher = models()
+    ensemble = TeacherEnsemble([teacher, models(seed=1)[1]]).eval()
+    data = tiny_data()
+    distiller = build_method(KD, student, ensemble, data.info)
+    fit(distiller, data, Recipe(epochs=1, batch_size=16, precision="fp32"), stage="kd", seed=0)
+    assert "not cached: they are not tensors with one row per example" in caplog.text
+    with pytest.raises(UserError, match="one row per example"):
         fit(distiller, data, Recipe(epochs=1, batch_size=16, cache_teacher="true"), stage="kd", seed=0)
 
 

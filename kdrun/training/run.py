@@ -19,11 +19,11 @@ from kdrun.results.summary import print_run_summary
 from kdrun.schedules import build_stages
 from kdrun.training.checkpoint import save_torch
 from kdrun.training.device import configure_threads, resolve_device
+from kdrun.training.ensemble import build_teacher, obtain_teachers, teacher_label
 from kdrun.training.loop import fit
 from kdrun.training.progress import progress_enabled
 from kdrun.training.recipe import Recipe
 from kdrun.training.speed import without_speed_keys
-from kdrun.training.teacher import obtain_teacher
 
 log = logging.getLogger("kdrun")
 NOT_IN_IDENTITY = ("progress", "cache_dir", "device")  # keys that do not change what a run computes
@@ -73,11 +73,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     data = build_dataset(cfg.dataset, device)
     info = data.info
     student = build_model(cfg.student, info).to(device)
-    teacher = build_model(cfg.teacher, info).to(device) if method_cls.uses_teacher else None
+    teacher = build_teacher(cfg, info).to(device) if method_cls.uses_teacher else None
     distiller = method_cls(student, teacher, cfg.method, info).to(device)
 
     record.start({
-        "dataset": str(cfg.dataset.name), "teacher": model_label(cfg.teacher) if teacher is not None else None,
+        "dataset": str(cfg.dataset.name), "teacher": teacher_label(cfg) if teacher is not None else None,
         "student": model_label(cfg.student), "method": str(cfg.method.name), "schedule": str(cfg.schedule.name),
         "seed": int(cfg.seed), "epochs": recipes[stages[-1].name].epochs, "device": str(device),
         "config_id": identity,
@@ -86,7 +86,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     log.info("Data %s: %d train, %d test%s; %s", data.name, len(data.train), len(data.test),
              f", {len(data.val)} validation" if data.val is not None else "", info)
     if teacher is not None:
-        teacher_acc, source = obtain_teacher(cfg, teacher, data, show_progress)
+        teacher_acc, source = obtain_teachers(cfg, teacher, data, show_progress)
         record.update(teacher_test_acc=teacher_acc, teacher_source=source)
 
     images = seconds = 0

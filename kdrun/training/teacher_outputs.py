@@ -58,6 +58,18 @@ class TeacherOutputs:
         self.complete = True
 
 
+def probe_teacher(distiller, data: Dataset, speed, size: int):
+    sample = speed.batch(data.prepare(data.train.x[:size], train=False))
+    with speed.autocast():
+        return distiller.teacher_forward(sample)
+
+
+def per_example(outputs, size: int) -> bool:
+    logits, features = outputs
+    tensors = [logits, *features.values()] if isinstance(features, dict) else [logits, features]
+    return all(isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == size for t in tensors)
+
+
 def teacher_output_cache(distiller, data: Dataset, setting: Optional[bool], speed) -> Optional[TeacherOutputs]:
     """A cache for this stage, or None (no teacher, switched off, augmented data, over budget)."""
     if setting is False or not distiller.uses_teacher or distiller.teacher is None:
@@ -69,15 +81,17 @@ def teacher_output_cache(distiller, data: Dataset, setting: Optional[bool], spee
                             "Use train.cache_teacher=auto (or false), or turn augmentation off (dataset.augment=null).")
         log.info("Teacher outputs are not cached: the training data is augmented.")
         return None
-    sample = speed.batch(data.prepare(data.train.x[:2], train=False))
-    with speed.autocast():
-        logits, features = distiller.teacher_forward(sample)
-    if not isinstance(logits, torch.Tensor) or not all(isinstance(v, torch.Tensor) for v in features.values()):
-        if setting:
-            raise UserError("train.cache_teacher=true, but this method's teacher outputs are not plain tensors. "
-                            "Use train.cache_teacher=auto or false.")
-        log.info("Teacher outputs are not cached: they are not plain tensors.")
+    if len(data.train) < 3:
         return None
+    probes = [probe_teacher(distiller, data, speed, size) for size in (2, 3)]
+    if not all(per_example(outputs, size) for outputs, size in zip(probes, (2, 3))):
+        # e.g. an ensemble's members x batch x classes logits
+        if setting:
+            raise UserError("train.cache_teacher=true, but this method's teacher outputs are not tensors with "
+                            "one row per example. Use train.cache_teacher=auto or false.")
+        log.info("Teacher outputs are not cached: they are not tensors with one row per example.")
+        return None
+    logits, features = probes[0]
     n = len(data.train)
     need, budget = TeacherOutputs.nbytes(n, logits, features), memory_budget(data.device)
     if need > budget:
