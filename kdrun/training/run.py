@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from kdrun.data import build_dataset
 from kdrun.errors import UserError
 from kdrun.methods import method_class
-from kdrun.models import MODELS, model_label
+from kdrun.models import MODELS, build_model, model_label
 from kdrun.results.metrics import RunRecord
 from kdrun.results.summary import print_run_summary
 from kdrun.schedules import build_stages
@@ -75,6 +75,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     data = build_dataset(cfg.dataset, device)
     info = data.info
     teacher = build_teacher(cfg, info).to(device) if needs_teacher else None
+    method_cls = method_class(cfg.method.name)
+    if teacher is not None or not method_cls.uses_teacher:
+        # The run's method built once on untrained models: feature paths, shapes and sizes (crd's memory
+        # bank against the training split, fsp's widths) are refused before any training.
+        method_cls(build_model(cfg.student, info).to(device), teacher, cfg.method, info).remove_hooks()
 
     record.start({
         "dataset": str(cfg.dataset.name), "teacher": teacher_label(cfg) if teacher is not None else None,
