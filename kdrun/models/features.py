@@ -90,3 +90,44 @@ def default_feature_shapes(model: nn.Module, sample: torch.Tensor, role: str = "
     points = feature_points(model, role)
     shapes = feature_shapes(model, [p for key in ROLES for p in points[key]], sample, role)
     return {key: [shapes[p] for p in points[key]] for key in ROLES}
+
+
+@torch.no_grad()
+def parameters_up_to(model: nn.Module, path: str, sample: torch.Tensor, role: str = "model") -> list[nn.Parameter]:
+    """The parameters that shape the feature at `path`: those of every module whose forward finished
+    before that feature was produced (found by one forward with hooks on all modules, in execution order).
+
+    `PATH` is produced when that module's forward ends, `PATH:in` when it begins. Used for FitNet's
+    hint stage (the student up to the guided layer).
+    """
+    target, want_input = resolve(model, path, role)
+    finished: list[nn.Module] = []
+    state = {"done": False}
+
+    def after(module, inputs, output):
+        if not state["done"]:
+            finished.append(module)
+        if module is target and not want_input:
+            state["done"] = True
+
+    def before(module, inputs):
+        if module is target and want_input:
+            state["done"] = True
+
+    handles = [m.register_forward_hook(after) for m in model.modules()]
+    handles.append(target.register_forward_pre_hook(before))
+    was_training = model.training
+    model.eval()
+    try:
+        model(sample)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    seen, out = set(), []
+    for module in finished:
+        for p in module.parameters(recurse=False):
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
