@@ -291,10 +291,14 @@ def test_gradients_reach_student_and_method_parts_never_the_teacher(name):
     if OWN_PARTS[name]:
         part = getattr(method, OWN_PARTS[name])
         assert all(p.grad is not None for p in part.parameters() if p.requires_grad)
-    method.zero_grad()
+    if name == "ft":  # the paraphraser learns from its reconstruction term
+        assert all(p.grad is not None for p in method.paraphraser.parameters())
+    method.zero_grad(set_to_none=True)
     _, losses = run_batch(method)
     losses[name].backward()  # the method's own term alone still reaches the student
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.layer1.parameters())
+    if name == "ft":  # ... but not the paraphraser: the student follows its factor, detached
+        assert all(p.grad is None for p in method.paraphraser.parameters())
 
 
 def test_kd_term_is_added_when_alpha_is_positive():
