@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from kdrun.configs import CONFIG_DIR, register_configs
+from kdrun.configs import CONFIG_DIR, check_launcher, register_configs
 from kdrun.errors import UserError
 
 log = logging.getLogger("kdrun")
@@ -83,8 +83,20 @@ def _resume_hint(hydra_cfg, run_dir: Path) -> str:
 
 
 def main() -> None:
+    from kdrun.results.sweep import finish_sweep
+
     register_configs()
-    app()
+    try:
+        check_launcher(sys.argv[1:])
+    except UserError as e:
+        sys.stderr.write(f"kdrun: {e}\n")
+        sys.exit(2)
+    try:
+        app()
+    finally:
+        status = finish_sweep()  # a sweep's summary, also when Hydra stopped the sweep early
+    if status:
+        sys.exit(status)  # some job of the sweep failed
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from kdrun.methods.base import Distiller
 from kdrun.training.checkpoint import load_torch, save_torch
 from kdrun.training.progress import StageProgress
 from kdrun.training.recipe import Recipe
+from kdrun.training.speed import Speed, end_epoch, start_stage
 
 log = logging.getLogger("kdrun")
 
@@ -55,13 +56,16 @@ def epoch_seed(seed: int, stage: str, epoch: int) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, split: Split, batch_size: int = 1000) -> float:
+def evaluate(model: nn.Module, data: Dataset, split: Split, batch_size: int = 1000,
+             speed: Optional[Speed] = None) -> float:
     """Top-1 accuracy in percent."""
+    speed = speed or Speed(device=data.device)
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=data.device)
     for _, x, y in data.batches(split, batch_size, shuffle=False):
-        correct += (model(x).argmax(1) == y).sum()
+        with speed.autocast():
+            correct += (model(speed.batch(x)).argmax(1) == y).sum()
     model.train(was_training)
     return round(100.0 * correct.item() / max(len(split), 1), 4)
 
@@ -80,6 +84,7 @@ def fit(
 ) -> StageResult:
     """Train `parameters` (default: every trainable parameter of the method, student included)."""
     params = parameters if parameters is not None else [p for p in distiller.parameters() if p.requires_grad]
+    speed = start_stage(distiller, data, recipe)  # before the optimiser: it may change memory formats
     optimizer = recipe.optimizer(params)
     scheduler = recipe.scheduler(optimizer)
     result = StageResult()
@@ -118,7 +123,8 @@ def fit(
             terms: dict[str, torch.Tensor] = {}
             t0 = time.perf_counter()
             for idx, x, y in data.batches(data.train, recipe.batch_size, shuffle=True, seed=seed_e, train=True):
-                _, losses = distiller.forward_train(x, y, epoch, idx)
+                with speed.autocast():
+                    _, losses = distiller.forward_train(speed.batch(x), y, epoch, idx)
                 loss = sum(losses.values())
                 step += 1
                 if not losses:
@@ -137,6 +143,7 @@ def fit(
                     terms[k] = terms.get(k, 0) + v.detach() * len(y)
                 bar.batch_done()
             scheduler.step()
+            end_epoch(distiller)
             train_loss = total.item() / n  # the one host sync of the epoch
             result.train_seconds += time.perf_counter() - t0
             result.train_images += n
@@ -145,9 +152,9 @@ def fit(
             entry = {"stage": stage, "epoch": epoch, "train_loss": round(train_loss, 6),
                      "losses": {k: round(v.item() / n, 6) for k, v in terms.items()},
                      "lr": optimizer.param_groups[0]["lr"],
-                     "test_acc": evaluate(distiller.student, data, data.test)}
+                     "test_acc": evaluate(distiller.student, data, data.test, speed=speed)}
             if data.val is not None:
-                entry["val_acc"] = evaluate(distiller.student, data, data.val)
+                entry["val_acc"] = evaluate(distiller.student, data, data.val, speed=speed)
             result.history.append(entry)
             if checkpoint is not None:
                 save_torch(checkpoint, {
@@ -163,6 +170,7 @@ def fit(
             bar.epoch_done(info)
             if on_epoch:
                 on_epoch(entry)
+    distiller.teacher_cache = None
     return result
 
 

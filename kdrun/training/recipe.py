@@ -8,6 +8,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from kdrun.errors import UserError, require
+from kdrun.training.speed import RUNTIME_KEYS, check_precision, parse_switch
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,11 @@ class Recipe:
     milestones: tuple[int, ...] = field(default_factory=tuple)
     gamma: float = 0.1
     nesterov: bool = False
+    # How fast, not what: speed and rounding only (kdrun.training.speed); not in the teacher cache key.
+    precision: str = "auto"
+    channels_last: str = "auto"
+    compile: bool = False
+    cache_teacher: str = "auto"
 
     @classmethod
     def from_config(cls, cfg: DictConfig, where: str = "train") -> "Recipe":
@@ -38,17 +44,24 @@ class Recipe:
         require(float(r.lr) > 0, f"{where}.lr must be positive, got {r.lr}.")
         require(0 <= float(r.momentum) < 1, f"{where}.momentum must lie in [0, 1), got {r.momentum}.")
         require(float(r.weight_decay) >= 0, f"{where}.weight_decay must be 0 or more, got {r.weight_decay}.")
+        check_precision(r.precision, f"{where}.precision")
+        for key in ("channels_last", "compile", "cache_teacher"):
+            parse_switch(getattr(r, key), f"{where}.{key}")
         return r
 
     def optimizer(self, params) -> torch.optim.Optimizer:
+        params = list(params)
+        # One fused kernel for the whole update on CUDA (same arithmetic as the per-tensor loop).
+        fused = {"fused": True} if params and all(p.is_cuda for p in params) else {}
         return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
-                               nesterov=self.nesterov and self.momentum > 0)
+                               nesterov=self.nesterov and self.momentum > 0, **fused)
 
     def scheduler(self, optimizer) -> torch.optim.lr_scheduler.LRScheduler:
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(self.milestones), gamma=self.gamma)
 
     def as_dict(self) -> dict:
-        d = dict(self.__dict__)
+        """The keys that decide what is computed (the teacher cache key): the speed keys are left out."""
+        d = {k: v for k, v in self.__dict__.items() if k not in RUNTIME_KEYS}
         d["milestones"] = list(self.milestones)
         return d
 
