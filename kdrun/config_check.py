@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue, OmegaConfBaseException
 
 from kdrun.configs import CONFIG_DIR
@@ -62,11 +62,28 @@ def default_config(choices: Mapping[str, Optional[str]], config_name: str = "con
             else:
                 with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
                     cfg = compose(config_name, overrides=list(overrides))
-            _defaults[key] = OmegaConf.to_container(cfg, resolve=True)
+            _defaults[key] = plain_values(cfg)
         return _defaults[key]
     except Exception as e:  # a check that cannot be made must not stop a run
         log.debug("No default config to check types against (%s).", e)
         return None
+
+
+def plain_values(node: Any) -> Any:
+    """Resolved where possible: a default that is left open (`???`, and what points to it) becomes None,
+    which the check treats as "any type"."""
+    try:
+        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    except OmegaConfBaseException:
+        if isinstance(node, ListConfig):
+            return OmegaConf.to_container(node, resolve=False)
+        out = {}
+        for key in node:
+            try:
+                out[key] = plain_values(node[key])
+            except OmegaConfBaseException:
+                out[key] = None
+        return out
 
 
 def check_config(cfg: DictConfig, choices: Mapping[str, Optional[str]], config_name: str = "config") -> None:
