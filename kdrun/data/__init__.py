@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
+from kdrun.data.augment import build_augment
 from kdrun.data.base import DataInfo, Dataset, RawData, Split, channel_stats, hold_out
 from kdrun.errors import require
 from kdrun.registry import Registry
@@ -11,7 +12,7 @@ from kdrun.registry import Registry
 DATASETS: Registry = Registry("dataset", "dataset")
 
 # Loaders register themselves on import.
-from kdrun.data import digits, synthetic  # noqa: E402,F401
+from kdrun.data import cifar, digits, mnist, synthetic  # noqa: E402,F401
 
 
 def build_dataset(cfg: DictConfig, device: torch.device) -> Dataset:
@@ -21,6 +22,8 @@ def build_dataset(cfg: DictConfig, device: torch.device) -> Dataset:
         require(value is None or int(value) > 0, f"dataset.{key} must be a positive number or null, got {value}.")
     val_size = int(cfg.get("val_size") or 0)
     require(val_size >= 0, f"dataset.val_size must be 0 or more, got {val_size}.")
+    # `dataset.augment` (when the dataset's config has the key) decides the training augmentation.
+    augment = build_augment(cfg.augment) if "augment" in cfg else None
     raw: RawData = loader(cfg)
     train, test = raw.train, raw.test
     if cfg.get("test_size"):
@@ -43,7 +46,7 @@ def build_dataset(cfg: DictConfig, device: torch.device) -> Dataset:
         num_classes=raw.num_classes,
         mean=mean.to(device),
         std=std.to(device),
-        augment=raw.augment,
+        augment=augment if "augment" in cfg else raw.augment,
         class_names=raw.class_names,
     )
 

@@ -11,7 +11,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+Augment = Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tensor]  # raw batch -> raw batch
 
 
 @dataclass
@@ -72,11 +72,14 @@ class Dataset:
         return self.train.x.device
 
     def prepare(self, x: torch.Tensor, train: bool, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """uint8 (or raw float) batch -> normalised float batch, augmented when training."""
-        x = x.float()
+        """uint8 (or raw float) batch -> normalised float batch, augmented when training.
+
+        Augmentation sees raw pixel values in the split's dtype (uint8 for images: a quarter of the
+        memory traffic of float), so a zero fill is black.
+        """
         if train and self.augment is not None:
             x = self.augment(x, generator)
-        return (x - self.mean) / self.std
+        return (x.float() - self.mean) / self.std
 
     def batches(
         self, split: Split, batch_size: int, shuffle: bool, seed: int = 0, train: bool = False
@@ -93,7 +96,8 @@ class Dataset:
             aug_gen = torch.Generator(device=split.x.device).manual_seed(seed + 1)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            yield idx, self.prepare(split.x[idx], train, aug_gen), split.y[idx]
+            # index_select copies whole rows: much faster than x[idx] on a uint8 N x C x H x W tensor
+            yield idx, self.prepare(split.x.index_select(0, idx), train, aug_gen), split.y.index_select(0, idx)
 
     def num_batches(self, split: Split, batch_size: int) -> int:
         return -(-len(split) // batch_size)

@@ -12,6 +12,8 @@ from kdrun.registry import Registry
 METHODS: Registry = Registry("method", "method")
 
 from kdrun.methods import ce, kd  # noqa: E402,F401  (register themselves)
+from kdrun.methods import ab, at, fitnet, fsp, ft, nst  # noqa: E402,F401
+from kdrun.methods import cc, crd, dkd, pkt, rkd, sp, vid  # noqa: E402,F401
 from kdrun.methods.base import Distiller  # noqa: E402
 
 

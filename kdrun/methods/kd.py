@@ -2,6 +2,15 @@
 
 loss = (1 - alpha) * CE(student, y) + alpha * T^2 * KL(softmax(t / T) || softmax(s / T)),
 the KL averaged over the batch. T^2 keeps the soft-target gradients' scale independent of T.
+
+Options:
+- `teachers`: more teachers, which with `teacher` form an ensemble (Hinton et al. 2015); the soft
+  targets are the `ensemble` (arithmetic or geometric) mean of the members' probabilities at T.
+- `variant`: born-again networks' ablations (Furlanello et al. 2018). `cwtm` (confidence-weighted by
+  teacher max): no soft targets; the hard-label cross-entropy of each sample weighted by the
+  teacher's max probability, normalised over the batch. `dkpp` (dark knowledge with permuted
+  predictions): soft targets whose max probability sits at the true class and whose other
+  probabilities are randomly permuted over the other classes, per sample.
 """
 import torch
 import torch.nn.functional as F
@@ -9,12 +18,41 @@ import torch.nn.functional as F
 from kdrun.errors import require
 from kdrun.methods import METHODS
 from kdrun.methods.base import Distiller
+from kdrun.models import MODELS
+from kdrun.models.ensemble import ENSEMBLE_MEANS, TeacherEnsemble, ensemble_probs
+
+VARIANTS = (None, "cwtm", "dkpp")
+
+
+def soft_target_loss(student_logits: torch.Tensor, p_teacher: torch.Tensor, T: float) -> torch.Tensor:
+    """T^2 * KL(p_teacher || softmax(student / T)), averaged over the batch."""
+    log_p_student = F.log_softmax(student_logits.float() / T, dim=1)
+    return F.kl_div(log_p_student, p_teacher.float(), reduction="batchmean") * (T * T)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
-    log_p_student = F.log_softmax(student_logits.float() / T, dim=1)
-    p_teacher = F.softmax(teacher_logits.float() / T, dim=1)
-    return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * (T * T)
+    return soft_target_loss(student_logits, F.softmax(teacher_logits.float() / T, dim=1), T)
+
+
+def cwtm_loss(student_logits: torch.Tensor, y: torch.Tensor, p_teacher: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each sample weighted by max_k p_teacher / (sum over the batch of the same)."""
+    confidence = p_teacher.max(dim=1).values
+    weights = confidence / confidence.sum()
+    return (weights * F.cross_entropy(student_logits.float(), y, reduction="none")).sum()
+
+
+def permuted_dark_knowledge(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """DKPP targets: each row's max probability at the true class `y`, the other probabilities randomly
+    permuted over the other classes (Furlanello et al. 2018, eq. 11). When the teacher is right
+    (argmax = y) this keeps the argmax in place and shuffles the rest."""
+    n, k = p.shape
+    positions = torch.arange(k, device=p.device).expand(n, k)
+    rest = p.gather(1, positions[positions != p.argmax(1, keepdim=True)].view(n, k - 1))
+    rest = rest.gather(1, torch.rand(n, k - 1, device=p.device).argsort(dim=1))
+    out = p.new_empty(n, k)
+    out.scatter_(1, positions[positions != y[:, None]].view(n, k - 1), rest)
+    out.scatter_(1, y[:, None], p.max(dim=1, keepdim=True).values)
+    return out
 
 
 def check_temperature_and_alpha(cfg) -> None:
@@ -29,11 +67,42 @@ class KD(Distiller):
     @classmethod
     def validate(cls, cfg):
         check_temperature_and_alpha(cfg)
+        variant = cfg.get("variant")
+        require(variant in VARIANTS,
+                f"method.variant must be null (plain KD), cwtm or dkpp (Furlanello et al. 2018), got {variant!r}.")
+        mean = cfg.get("ensemble", "arithmetic")
+        require(mean in ENSEMBLE_MEANS,
+                f"method.ensemble (how members' probabilities are averaged) must be arithmetic or geometric, got {mean!r}.")
+        teachers = cfg.get("teachers") or []
+        require(not isinstance(teachers, str),
+                f"method.teachers is a list of model names, e.g. method.teachers=[{teachers}], got {teachers!r}.")
+        for name in teachers:
+            MODELS.get(str(name))
         super().validate(cfg)
 
     def __init__(self, student, teacher, cfg, info):
         super().__init__(student, teacher, cfg, info)
         self.T, self.alpha = float(cfg.T), float(cfg.alpha)
+        self.variant = cfg.get("variant")
+        self.ensemble_mean = cfg.get("ensemble", "arithmetic")
 
-    def losses(self, s_logits, t_logits, **_):
-        return {"kd": self.alpha * kd_loss(s_logits, t_logits, self.T)} if self.alpha else {}
+    def teacher_forward(self, x):
+        if isinstance(self.teacher, TeacherEnsemble):
+            with torch.no_grad():
+                return self.teacher.member_logits(x), {}  # members x batch x classes
+        return super().teacher_forward(x)
+
+    def teacher_probs(self, t_logits: torch.Tensor, T: float) -> torch.Tensor:
+        if t_logits.dim() == 3:
+            return ensemble_probs(t_logits, T, self.ensemble_mean)
+        return F.softmax(t_logits.float() / T, dim=1)
+
+    def losses(self, s_logits, t_logits, y, **_):
+        if not self.alpha:
+            return {}
+        if self.variant == "cwtm":
+            return {"cwtm": self.alpha * cwtm_loss(s_logits, y, self.teacher_probs(t_logits, 1.0))}
+        p_teacher = self.teacher_probs(t_logits, self.T)
+        if self.variant == "dkpp":
+            p_teacher = permuted_dark_knowledge(p_teacher, y)
+        return {"kd": self.alpha * soft_target_loss(s_logits, p_teacher, self.T)}

@@ -1,8 +1,25 @@
 """The model zoo: one registry of names, selectable as `teacher=NAME` and `student=NAME`.
 
-A constructor takes the dataset's shape (`num_classes`, `in_channels`, `image_size`) plus its own
-keyword arguments; those with defaults become the config keys of the model (e.g. `teacher.dropout`).
-A config node with `_target_` builds a user's own model class instead, with the same shape arguments.
+A constructor takes the dataset's shape (`num_classes`, `in_channels`, `image_size` as (H, W)) plus
+its own keyword arguments; those with defaults become the config keys of the model (e.g.
+`teacher.dropout`). A config node with `_target_` builds a user's own model class instead, with the
+same shape arguments. One file per family: mlp, wrn, resnet, vgg, mobilenetv2, shufflenet, plain.
+Architectures, initialisation and state_dict keys follow RepDistiller (TAKD for the plain CNNs), so
+their checkpoints load; fixed-size pools became adaptive so MNIST's 28x28 works too.
+
+Features are read with forward hooks by module path (`kdrun.models.features`); forwards are never
+rewritten. Every model declares its default points with `feature_points()`:
+
+- `stages`: the output of each stage, in order (RepDistiller's f1..fN, the stem and the embedding
+  left out): FitNet's hint (a middle stage), AT, NST, FSP, VID, FT.
+- `preact`: one per stage, the same shape: the tensor whose ReLU is that stage's output (AB,
+  overhaul). A block's last ReLU is its own module used once (`relu_out`), so `PATH.relu_out:in`
+  reads it. Where a stage ends without a ReLU (MobileNetV2's linear bottlenecks) it is the stage
+  itself; for the pre-activation WRNs it is the input of the ReLU that next consumes the stage
+  (`block2.layer.0.relu1:in`, ..., `relu:in`), RepDistiller's `preact=True` features.
+- `embedding`: the classifier's input (`fc:in`): CRD, RKD, PKT, CC, SP-style methods.
+
+ReLUs are never in-place: a hook on a module's input would otherwise see the activated tensor.
 """
 from __future__ import annotations
 
@@ -20,7 +37,8 @@ MODELS: Registry = Registry("model", "teacher/student")
 SHAPE_ARGS = ("num_classes", "in_channels", "image_size")
 NODE_KEYS = ("name", "checkpoint", "train", "_target_")  # config keys that are not constructor arguments
 
-from kdrun.models import mlp  # noqa: E402,F401  (registers the MLPs)
+# Importing a family registers its names.
+from kdrun.models import mlp, mobilenetv2, plain, resnet, shufflenet, vgg, wrn  # noqa: E402,F401
 
 
 def model_defaults(name: str) -> dict:

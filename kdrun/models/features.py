@@ -65,3 +65,69 @@ def feature_shapes(model: nn.Module, paths: list[str], sample: torch.Tensor, rol
     finally:
         hooks.remove()
         model.train(was_training)
+
+
+ROLES = ("stages", "preact", "embedding")
+
+
+def feature_points(model: nn.Module, role: str = "model") -> dict[str, list[str]]:
+    """The model's default feature points; a model without `feature_points()` gets a message saying
+    how to name paths instead."""
+    declare = getattr(model, "feature_points", None)
+    if declare is None:
+        paths = [n for n, _ in model.named_modules() if n]
+        raise UserError(
+            f"The {role} ({type(model).__name__}) declares no default feature points (a feature_points() "
+            f"method returning {{'stages': [...], 'preact': [...], 'embedding': [...]}}). Add one, or name "
+            f"the module paths in the method config. Valid module paths: {', '.join(paths)}."
+        )
+    points = declare()
+    return {key: list(points.get(key, [])) for key in ROLES}
+
+
+def default_feature_shapes(model: nn.Module, sample: torch.Tensor, role: str = "model") -> dict[str, list[tuple]]:
+    """Shapes (without the batch dimension) of the default feature points, in the order declared."""
+    points = feature_points(model, role)
+    shapes = feature_shapes(model, [p for key in ROLES for p in points[key]], sample, role)
+    return {key: [shapes[p] for p in points[key]] for key in ROLES}
+
+
+@torch.no_grad()
+def parameters_up_to(model: nn.Module, path: str, sample: torch.Tensor, role: str = "model") -> list[nn.Parameter]:
+    """The parameters that shape the feature at `path`: those of every module whose forward finished
+    before that feature was produced (found by one forward with hooks on all modules, in execution order).
+
+    `PATH` is produced when that module's forward ends, `PATH:in` when it begins. Used for FitNet's
+    hint stage (the student up to the guided layer).
+    """
+    target, want_input = resolve(model, path, role)
+    finished: list[nn.Module] = []
+    state = {"done": False}
+
+    def after(module, inputs, output):
+        if not state["done"]:
+            finished.append(module)
+        if module is target and not want_input:
+            state["done"] = True
+
+    def before(module, inputs):
+        if module is target and want_input:
+            state["done"] = True
+
+    handles = [m.register_forward_hook(after) for m in model.modules()]
+    handles.append(target.register_forward_pre_hook(before))
+    was_training = model.training
+    model.eval()
+    try:
+        model(sample)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    seen, out = set(), []
+    for module in finished:
+        for p in module.parameters(recurse=False):
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out

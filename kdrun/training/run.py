@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from kdrun.data import build_dataset
 from kdrun.errors import UserError
 from kdrun.methods import method_class
-from kdrun.models import MODELS, build_model, model_label
+from kdrun.models import MODELS, model_label
 from kdrun.results.metrics import RunRecord
 from kdrun.results.summary import print_run_summary
 from kdrun.schedules import build_stages
@@ -21,9 +21,9 @@ from kdrun.schedules.spec import require_complete
 from kdrun.schedules.runner import ScheduleRunner, ensemble_accuracy
 from kdrun.training.checkpoint import save_torch
 from kdrun.training.device import configure_threads, resolve_device
+from kdrun.training.ensemble import build_teacher, obtain_teachers, teacher_label
 from kdrun.training.progress import progress_enabled
 from kdrun.training.recipe import Recipe
-from kdrun.training.teacher import obtain_teacher
 
 log = logging.getLogger("kdrun")
 NOT_IN_IDENTITY = ("progress", "cache_dir", "device")  # keys that do not change what a run computes
@@ -72,10 +72,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     torch.manual_seed(int(cfg.seed))
     data = build_dataset(cfg.dataset, device)
     info = data.info
-    teacher = build_model(cfg.teacher, info).to(device) if needs_teacher else None
+    teacher = build_teacher(cfg, info).to(device) if needs_teacher else None
+    runner = ScheduleRunner(cfg, data, run_dir, teacher=teacher, progress=show_progress,
+                            on_epoch=record.add_epoch, on_stage=lambda stages_done: record.update(stages=stages_done))
+    runner.check(stages)
 
     record.start({
-        "dataset": str(cfg.dataset.name), "teacher": model_label(cfg.teacher) if teacher is not None else None,
+        "dataset": str(cfg.dataset.name), "teacher": teacher_label(cfg) if teacher is not None else None,
         "student": model_label(cfg.student), "method": str(cfg.method.name), "schedule": str(cfg.schedule.name),
         "seed": int(cfg.seed), "epochs": stages[-1].train_recipe.epochs, "device": str(device),
         "config_id": identity,
@@ -83,16 +86,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     log.info("Run directory: %s", run_dir)
     log.info("Data %s: %d train, %d test%s; %s", data.name, len(data.train), len(data.test),
              f", {len(data.val)} validation" if data.val is not None else "", info)
-    teacher_key = None
     if teacher is not None:
-        teacher_acc, source = obtain_teacher(cfg, teacher, data, show_progress)
-        teacher_key = teacher_identity(source)
+        teacher_acc, source = obtain_teachers(cfg, teacher, data, show_progress)
+        runner.teacher_key = teacher_identity(source)
         record.update(teacher_test_acc=teacher_acc, teacher_source=source)
     if len(stages) > 1:
         log.info("Schedule %s: %s.", cfg.schedule.name, " -> ".join(s.name for s in stages))
 
-    runner = ScheduleRunner(cfg, data, run_dir, teacher=teacher, teacher_key=teacher_key, progress=show_progress,
-                            on_epoch=record.add_epoch, on_stage=lambda stages_done: record.update(stages=stages_done))
     outcomes = runner.run(stages)
     last = outcomes[-1]
     trained = [o.result for o in outcomes if o.result is not None]

@@ -1,0 +1,115 @@
+"""`crd`: contrastive representation distillation, Tian et al., ICLR 2020 (RepDistiller's crd/).
+
+Both embeddings go through a linear head to `feat_dim` and are L2-normalised (v_s, v_t). A memory
+bank keeps, per training example, a momentum average (`nce_m`) of its student and of its teacher
+embedding. For each example i of the batch, the positive is its own bank entry and `nce_k`
+negatives are drawn uniformly from the other examples of the training split (RepDistiller's default
+'exact' mode draws them from the other classes instead). Scores p = exp(v . m / nce_t) / Z, with Z
+estimated once, on the first batch, as mean(exp(.)) * N. With K negatives and the uniform noise
+distribution 1/N, NCE's loss per anchor is
+    -log(p_pos / (p_pos + K/N)) - sum_negatives log((K/N) / (p_neg + K/N)),
+averaged over the batch, once with the student as anchor against the teacher bank and once the
+other way round, and summed.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kdrun.errors import require
+from kdrun.methods import METHODS
+from kdrun.methods.weighted import WeightedDistiller, flat
+from kdrun.models.features import feature_shapes
+
+log = logging.getLogger("kdrun")
+EPS = 1e-7
+
+
+def nce_loss(p: torch.Tensor, n_data: int) -> torch.Tensor:
+    """p: batch x (1 + K) normalised scores, the positive in column 0."""
+    k = p.shape[1] - 1
+    noise = k / n_data  # K * P_noise
+    log_positive = torch.log(p[:, 0] / (p[:, 0] + noise + EPS))
+    log_negatives = torch.log(noise / (p[:, 1:] + noise + EPS))
+    return -(log_positive.sum() + log_negatives.sum()) / p.shape[0]
+
+
+class ContrastMemory(nn.Module):
+    """One student and one teacher embedding per training example, and the NCE constants Z."""
+
+    def __init__(self, dim: int, size: int, k: int, temperature: float, momentum: float):
+        super().__init__()
+        self.k, self.temperature, self.momentum = k, temperature, momentum
+        bound = 1.0 / math.sqrt(dim / 3)  # uniform entries of variance 1/dim: vectors of norm about 1
+        self.register_buffer("student_bank", torch.rand(size, dim) * 2 * bound - bound)
+        self.register_buffer("teacher_bank", torch.rand(size, dim) * 2 * bound - bound)
+        self.register_buffer("z", torch.full((2,), -1.0))  # (student anchor, teacher anchor); < 0: unset
+        self._z_checked = False  # read z once, not once per batch (a device sync)
+
+    def sample(self, index: torch.Tensor) -> torch.Tensor:
+        """batch x (1 + k) bank rows: the example itself, then k others drawn uniformly (with replacement)."""
+        draws = torch.randint(0, len(self.student_bank) - 1, (len(index), self.k), device=index.device)
+        negatives = draws + (draws >= index[:, None]).long()  # skip the positive
+        return torch.cat([index[:, None], negatives], dim=1)
+
+    def forward(self, v_s: torch.Tensor, v_t: torch.Tensor, index: torch.Tensor,
+                rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.sample(index) if rows is None else rows
+        n = len(self.student_bank)
+        # student anchors against teacher memories, and the other way round
+        e_s = torch.exp(torch.bmm(self.teacher_bank[rows], v_s[:, :, None]).squeeze(2) / self.temperature)
+        e_t = torch.exp(torch.bmm(self.student_bank[rows], v_t[:, :, None]).squeeze(2) / self.temperature)
+        if not self._z_checked:
+            if self.z[0] < 0:
+                self.z.copy_(torch.stack([e_s.detach().mean() * n, e_t.detach().mean() * n]))
+                log.info("crd: NCE normalisation constants Z set to %.1f (student anchors), %.1f (teacher anchors).",
+                         *self.z.tolist())
+            self._z_checked = True
+        self.update(self.student_bank, v_s, index)
+        self.update(self.teacher_bank, v_t, index)
+        return e_s / self.z[0], e_t / self.z[1]
+
+    @torch.no_grad()
+    def update(self, bank: torch.Tensor, v: torch.Tensor, index: torch.Tensor) -> None:
+        mixed = bank[index] * self.momentum + v.detach() * (1 - self.momentum)
+        bank.index_copy_(0, index, F.normalize(mixed, dim=1))
+
+
+@METHODS.register("crd")
+class ContrastiveRepresentation(WeightedDistiller):
+    @classmethod
+    def validate(cls, cfg):
+        super().validate(cfg)
+        require(int(cfg.feat_dim) >= 1, f"method.feat_dim must be at least 1, got {cfg.feat_dim}.")
+        require(int(cfg.nce_k) >= 1, f"method.nce_k (negatives per example) must be at least 1, got {cfg.nce_k}.")
+        require(float(cfg.nce_t) > 0, f"method.nce_t (NCE temperature) must be positive, got {cfg.nce_t}.")
+        require(0 <= float(cfg.nce_m) < 1, f"method.nce_m (memory momentum) must lie in [0, 1), got {cfg.nce_m}.")
+
+    def __init__(self, student, teacher, cfg, info):
+        super().__init__(student, teacher, cfg, info)
+        n, k = int(info.train_size), int(cfg.nce_k)
+        require(k < n, f"crd draws method.nce_k={k} negatives per example from the other examples of the "
+                       f"training split, which has only {n}: the memory bank holds one entry per training "
+                       f"example. Set method.nce_k to at most {max(n - 1, 1)} (RepDistiller uses 16384 of "
+                       f"CIFAR-100's 50000), or train on more data.")
+        self.s_path, self.t_path = self.single_path("student"), self.single_path("teacher")
+        s_shape = feature_shapes(student, [self.s_path], self.sample_input(), "student")[self.s_path]
+        t_shape = feature_shapes(teacher, [self.t_path], self.sample_input(), "teacher")[self.t_path]
+        dim = int(cfg.feat_dim)
+        self.embed_s = nn.Linear(math.prod(s_shape), dim)
+        self.embed_t = nn.Linear(math.prod(t_shape), dim)
+        self.memory = ContrastMemory(dim, n, k, float(cfg.nce_t), float(cfg.nce_m))
+        self.watch([self.s_path], [self.t_path])
+
+    def method_terms(self, s_feats, t_feats, index=None, **_):
+        if index is None:
+            raise ValueError("crd needs the batch's positions in the training split (forward_train's index)")
+        v_s = F.normalize(self.embed_s(flat(s_feats[self.s_path])), dim=1)
+        v_t = F.normalize(self.embed_t(flat(t_feats[self.t_path].float())), dim=1)
+        p_s, p_t = self.memory(v_s, v_t, index)
+        n = len(self.memory.student_bank)
+        return {"crd": nce_loss(p_s, n) + nce_loss(p_t, n)}

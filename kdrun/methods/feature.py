@@ -1,0 +1,160 @@
+"""What feature-based methods share: where they read features, the optional KD term, the weights' checks.
+
+Paths: `method.student_features` / `method.teacher_features` name module paths (see
+`kdrun.models.features`); null takes the models' `feature_points()` (`stages`, `preact` or
+`embedding`, whichever the method reads). When the two defaults differ in length (heterogeneous
+pairs), the deepest ones are paired: the last n of each, n the shorter length.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kdrun.errors import UserError, require
+from kdrun.methods.base import Distiller
+from kdrun.methods.kd import check_temperature_and_alpha, kd_loss
+from kdrun.models.features import feature_shapes, parameters_up_to
+
+
+class FeatureDistiller(Distiller):
+    point: str = "stages"  # the feature_points() list the default paths come from
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        check_temperature_and_alpha(cfg)
+        beta = float(cfg.beta)
+        require(beta >= 0, f"method.beta (weight of the {cfg.name} term) must be 0 or more, got {beta}.")
+        for key in ("student_features", "teacher_features"):
+            paths = cfg.get(key)
+            require(paths is None or (not isinstance(paths, str) and len(paths) > 0),
+                    f"method.{key} must be null (the models' defaults) or a non-empty list of module paths, "
+                    f"got {paths!r}.")
+        super().validate(cfg)
+
+    def __init__(self, student, teacher, cfg, info):
+        super().__init__(student, teacher, cfg, info)
+        self.T, self.alpha, self.beta = float(cfg.T), float(cfg.alpha), float(cfg.beta)
+
+    def kd_term(self, s_logits: torch.Tensor, t_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Hinton's soft-target term, added when `alpha > 0`."""
+        return {"kd": self.alpha * kd_loss(s_logits, t_logits, self.T)} if self.alpha else {}
+
+    def layer_paths(self, point: str | None = None, select=None) -> tuple[list[str], list[str]]:
+        """(student paths, teacher paths), paired one to one.
+
+        Given lists are used as they are; a default list is cut to the deepest entries that pair with
+        the other side, and `select(paths, model)` (e.g. FitNet's "the second stage") picks from default lists.
+        """
+        point = point or self.point
+        models = {"student": self.student, "teacher": self.teacher}
+        given = {role: self.cfg.get(f"{role}_features") for role in models}
+        paths = {role: [str(p) for p in given[role]] if given[role] is not None
+                 else default_points(model, point, role) for role, model in models.items()}
+        if given["student"] is None and given["teacher"] is None:
+            n = min(len(paths["student"]), len(paths["teacher"]))
+            for role, p in paths.items():
+                paths[role] = select(p[len(p) - n:], models[role]) if select else p[len(p) - n:]
+            n = min(len(paths["student"]), len(paths["teacher"]))  # `select` may add to one side only
+            paths = {role: p[len(p) - n:] for role, p in paths.items()}
+        else:
+            for role, other in (("student", "teacher"), ("teacher", "student")):
+                if given[role] is None:
+                    p = select(paths[role], models[role]) if select else paths[role]
+                    paths[role] = p[max(0, len(p) - len(paths[other])):]
+        s, t = paths["student"], paths["teacher"]
+        require(len(s) == len(t) and len(s) > 0,
+                f"method {self.cfg.name!r} pairs student and teacher features one to one, but got {len(s)} "
+                f"student paths ({', '.join(s)}) and {len(t)} teacher paths ({', '.join(t)}): set "
+                f"method.student_features and method.teacher_features to lists of the same length.")
+        return s, t
+
+    def shapes(self, model: nn.Module, paths: list[str], role: str) -> list[tuple]:
+        found = feature_shapes(model, paths, self.sample_input(), role)
+        return [found[p] for p in paths]
+
+    def student_parameters_up_to(self, paths: list[str], *extra: nn.Module) -> list[nn.Parameter]:
+        """The student's parameters that shape the features at `paths` (an init stage's), plus `extra`'s."""
+        params = {}
+        for path in paths:
+            for p in parameters_up_to(self.student, path, self.sample_input(), "student"):
+                params[id(p)] = p
+        for module in extra:
+            for p in module.parameters():
+                params[id(p)] = p
+        return list(params.values())
+
+    def require_maps(self, shapes: list[tuple], paths: list[str], role: str) -> None:
+        for shape, path in zip(shapes, paths):
+            require(len(shape) == 3,
+                    f"method {self.cfg.name!r} compares convolutional feature maps (channels x height x width), "
+                    f"but the {role}'s feature at {path!r} has shape {shape}. Use convolutional models, or set "
+                    f"method.{role}_features to paths of feature maps.")
+
+
+class InitStage:
+    """For methods with an initialisation stage (FitNet, AB, FSP, FT), mixed in before FeatureDistiller.
+
+    As in the papers (and RepDistiller), once the init stage has run, the main stage of FitNet, AB and
+    FSP trains without the method's term: the student starts from the transferred state and learns the
+    task (CE, plus KD when alpha > 0); FT's init stage trains only the paraphraser, which then stays
+    frozen. Without an init stage (`schedule=single`) the term is added to the main stage, weighted by
+    beta. Whether the init stage ran is saved with the method (checkpoints, resuming).
+    """
+
+    has_init_stage = True
+    init_stage_ran = False
+
+    def mark_init_stage(self) -> None:
+        self.init_stage_ran = True
+
+    def get_extra_state(self):
+        return {"init_stage_ran": self.init_stage_ran}
+
+    def set_extra_state(self, state) -> None:
+        self.init_stage_ran = bool(state["init_stage_ran"])
+
+
+def default_points(model: nn.Module, point: str, role: str) -> list[str]:
+    if not hasattr(model, "feature_points"):
+        raise UserError(
+            f"The {role} ({type(model).__name__}) has no feature_points() to take default feature paths from: "
+            f"set method.{role}_features to a list of its module paths (e.g. [layer2, layer3])."
+        )
+    return list(model.feature_points()[point])
+
+
+def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average-pool the larger of two feature maps to the other's height and width (RepDistiller)."""
+    if a.shape[2:] == b.shape[2:]:
+        return a, b
+    if a.shape[2] * a.shape[3] > b.shape[2] * b.shape[3]:
+        return F.adaptive_avg_pool2d(a, b.shape[2:]), b
+    return a, F.adaptive_avg_pool2d(b, a.shape[2:])
+
+
+def regressor(s_shape: tuple, t_shape: tuple, relu: bool) -> nn.Module:
+    """A learned map from a student feature's shape to a teacher feature's (FitNet's regressor, AB's connector).
+
+    Feature maps: a conv + BN (RepDistiller's ConvReg): 3x3 stride 2 when the student's map is twice as
+    large, a 4x4 stride-2 transposed conv when half as large, a valid conv of kernel 1 + (s - t) when
+    larger otherwise (1x1 when equal), bilinear upsampling then 1x1 when smaller otherwise.
+    Vectors: linear + BN. ReLU at the end when `relu`.
+    """
+    if len(s_shape) == 1 and len(t_shape) == 1:
+        layers = [nn.Linear(s_shape[0], t_shape[0]), nn.BatchNorm1d(t_shape[0])]
+    elif len(s_shape) == 3 and len(t_shape) == 3:
+        (sc, sh, sw), (tc, th, tw) = s_shape, t_shape
+        if (sh, sw) == (2 * th, 2 * tw):
+            conv = [nn.Conv2d(sc, tc, kernel_size=3, stride=2, padding=1)]
+        elif (2 * sh, 2 * sw) == (th, tw):
+            conv = [nn.ConvTranspose2d(sc, tc, kernel_size=4, stride=2, padding=1)]
+        elif sh >= th and sw >= tw:
+            conv = [nn.Conv2d(sc, tc, kernel_size=(1 + sh - th, 1 + sw - tw))]
+        else:
+            conv = [nn.Upsample(size=(th, tw), mode="bilinear", align_corners=False), nn.Conv2d(sc, tc, 1)]
+        layers = conv + [nn.BatchNorm2d(tc)]
+    else:
+        raise UserError(f"Cannot map a student feature of shape {s_shape} onto a teacher feature of shape "
+                        f"{t_shape}: choose paths that are both feature maps or both vectors.")
+    return nn.Sequential(*layers, *([nn.ReLU()] if relu else []))

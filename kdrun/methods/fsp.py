@@ -1,0 +1,74 @@
+"""`fsp`: flow of solution procedure, Yim et al. 2017 ("A Gift from Knowledge Distillation").
+
+For two feature maps A (N x C1 x H x W) and B (N x C2 x H' x W') that enclose a stage, the FSP matrix
+is G = B A^T / (h w) (C2 x C1, per sample), the larger map average-pooled to the smaller size first.
+The term is mean((G_s - G_t)^2), summed over the pairs (RepDistiller). G_s and G_t must have the same
+shape, so FSP needs student and teacher stages of equal widths (RepDistiller reports no FSP result
+otherwise). Pairs are consecutive paths of the list: by default the first stage's input (when the
+stage is a block of layers: `PATH:in`), then every stage's output, so each stage gives one matrix.
+The paper trains the student on the FSP loss first (the init stage), then on the task alone.
+"""
+import torch
+import torch.nn as nn
+
+from kdrun.errors import require
+from kdrun.methods import METHODS
+from kdrun.methods.feature import FeatureDistiller, InitStage, match_spatial
+from kdrun.models.features import resolve
+
+
+def fsp_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = match_spatial(a, b)
+    return b.flatten(2) @ a.flatten(2).transpose(1, 2) / (a.shape[2] * a.shape[3])
+
+
+def fsp_loss(s_in, s_out, t_in, t_out) -> torch.Tensor:
+    return (fsp_matrix(s_in, s_out) - fsp_matrix(t_in, t_out)).pow(2).mean()
+
+
+def with_first_input(stages: list[str], model: nn.Module) -> list[str]:
+    """Default maps: the first stage's input when that stage is a block of layers (a module with
+    children: its input is the stem's output), then the stage outputs."""
+    first, port = resolve(model, stages[0])
+    block = not port and any(True for _ in first.children())
+    return ([f"{stages[0]}:in"] if block else []) + stages
+
+
+@METHODS.register("fsp")
+class FSP(InitStage, FeatureDistiller):
+    def __init__(self, student, teacher, cfg, info):
+        super().__init__(student, teacher, cfg, info)
+        s_paths, t_paths = self.layer_paths(select=with_first_input)
+        s_shapes = self.shapes(student, s_paths, "student")
+        t_shapes = self.shapes(teacher, t_paths, "teacher")
+        self.require_maps(s_shapes, s_paths, "student")
+        self.require_maps(t_shapes, t_paths, "teacher")
+        require(len(s_paths) >= 2, f"fsp compares pairs of consecutive feature maps: give at least two paths, got {s_paths}.")
+        for i in range(len(s_paths) - 1):
+            s_c, t_c = (s_shapes[i][0], s_shapes[i + 1][0]), (t_shapes[i][0], t_shapes[i + 1][0])
+            require(s_c == t_c,
+                    f"fsp compares FSP matrices (channels of two maps that enclose a stage), which needs stages of "
+                    f"equal widths: the student's {s_paths[i]} -> {s_paths[i + 1]} has {s_c[0]} -> {s_c[1]} channels, "
+                    f"the teacher's {t_paths[i]} -> {t_paths[i + 1]} {t_c[0]} -> {t_c[1]}. Choose a pair of equal "
+                    f"widths (e.g. wrn40_2 -> wrn16_2, resnet56 -> resnet20), or set method.student_features / "
+                    f"method.teacher_features to maps that match.")
+        self.s_pairs = list(zip(s_paths, s_paths[1:]))
+        self.t_pairs = list(zip(t_paths, t_paths[1:]))
+        self.watch(s_paths, t_paths)
+
+    def fsp_term(self, s_feats, t_feats):
+        return sum(fsp_loss(s_feats[si], s_feats[so], t_feats[ti], t_feats[to])
+                   for (si, so), (ti, to) in zip(self.s_pairs, self.t_pairs))
+
+    def losses(self, s_logits, t_logits, s_feats, t_feats, **_):
+        terms = self.kd_term(s_logits, t_logits)
+        if not self.init_stage_ran:
+            terms["fsp"] = self.beta * self.fsp_term(s_feats, t_feats)
+        return terms
+
+    def init_losses(self, s_feats, t_feats, **_):
+        self.mark_init_stage()
+        return {"fsp": self.fsp_term(s_feats, t_feats)}
+
+    def init_parameters(self):
+        return self.student_parameters_up_to([out for _, out in self.s_pairs])  # the feature layers (RepDistiller)

@@ -1,0 +1,95 @@
+"""`ft`: factor transfer, Kim et al. 2018 ("Paraphrasing Complex Network: Network Compression via
+Factor Transfer", NeurIPS).
+
+A paraphraser (teacher side: a conv autoencoder whose code has rate k of the teacher's channels) is
+trained to reconstruct the teacher's last feature map (MSE); its code is the teacher factor F_t.
+A translator (student side: three conv + BN + LeakyReLU layers) maps the student's last feature map to
+a student factor F_s. The term is the L1 distance between the L2-normalised, flattened factors,
+averaged over elements (torchdistill's form of the paper's ||F_t/|F_t| - F_s/|F_s| ||_1); beta = 200.
+
+The paraphraser must be trained before it can teach. With an init stage (the paper, RepDistiller) it
+is trained first (MSE, as RepDistiller) and then frozen. On `schedule=single` it is trained in the same
+stage on its own reconstruction term (`ft_paraphraser`: the MSE divided by the feature's mean square,
+weight 1; it sees only teacher features), while the translator and student follow its current
+factor (detached).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kdrun.errors import require
+from kdrun.methods import METHODS
+from kdrun.methods.feature import FeatureDistiller, InitStage, match_spatial
+
+
+def conv_stack(channels: list[int], transposed: bool = False, bn: bool = False) -> nn.Sequential:
+    conv = nn.ConvTranspose2d if transposed else nn.Conv2d
+    layers = []
+    for c_in, c_out in zip(channels, channels[1:]):
+        layers += [conv(c_in, c_out, 3, 1, 1), *([nn.BatchNorm2d(c_out)] if bn else []), nn.LeakyReLU(0.1)]
+    return nn.Sequential(*layers)
+
+
+class Paraphraser(nn.Module):
+    def __init__(self, channels: int, factor_channels: int):
+        super().__init__()
+        self.encoder = conv_stack([channels, channels, factor_channels, factor_channels])
+        self.decoder = conv_stack([factor_channels, factor_channels, channels, channels], transposed=True)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        factor = self.encoder(x)
+        return factor, self.decoder(factor)
+
+
+def ft_loss(factor_s: torch.Tensor, factor_t: torch.Tensor) -> torch.Tensor:
+    factor_s, factor_t = match_spatial(factor_s, factor_t)
+    return F.l1_loss(F.normalize(factor_s.flatten(1), dim=1), F.normalize(factor_t.flatten(1), dim=1))
+
+
+@METHODS.register("ft")
+class FactorTransfer(InitStage, FeatureDistiller):
+    @classmethod
+    def validate(cls, cfg):
+        require(0 < float(cfg.rate) <= 1,
+                f"method.rate (factor channels / teacher channels, the paper's k) must lie in (0, 1], got {cfg.rate}.")
+        super().validate(cfg)
+
+    def __init__(self, student, teacher, cfg, info):
+        super().__init__(student, teacher, cfg, info)
+        self.s_paths, self.t_paths = self.layer_paths(select=lambda paths, model: paths[-1:])
+        require(len(self.s_paths) == 1,
+                f"ft transfers one feature map: give one path in method.student_features and method.teacher_features, "
+                f"got {self.s_paths} and {self.t_paths}.")
+        s_shape = self.shapes(student, self.s_paths, "student")
+        t_shape = self.shapes(teacher, self.t_paths, "teacher")
+        self.require_maps(s_shape, self.s_paths, "student")
+        self.require_maps(t_shape, self.t_paths, "teacher")
+        s_c, t_c = s_shape[0][0], t_shape[0][0]
+        k_c = max(1, int(t_c * float(cfg.rate)))
+        self.paraphraser = Paraphraser(t_c, k_c)
+        self.translator = conv_stack([s_c, s_c, k_c, k_c], bn=True)
+        self.watch(self.s_paths, self.t_paths)
+
+    def losses(self, s_logits, t_logits, s_feats, t_feats, **_):
+        f_s, f_t = s_feats[self.s_paths[0]], t_feats[self.t_paths[0]]
+        terms = self.kd_term(s_logits, t_logits)
+        if self.init_stage_ran:
+            with torch.no_grad():
+                factor_t = self.paraphraser.encoder(f_t)
+        else:
+            factor, reconstruction = self.paraphraser(f_t)
+            # Relative to the feature's mean square: the minimiser of the MSE at a scale that suits the
+            # student's learning rate, whatever the teacher's feature magnitudes.
+            terms["ft_paraphraser"] = F.mse_loss(reconstruction, f_t) / f_t.pow(2).mean().clamp_min(1e-12)
+            factor_t = factor.detach()
+        terms["ft"] = self.beta * ft_loss(self.translator(f_s), factor_t)
+        return terms
+
+    def init_losses(self, t_feats, **_):
+        self.mark_init_stage()
+        f_t = t_feats[self.t_paths[0]]
+        _, reconstruction = self.paraphraser(f_t)
+        return {"ft_paraphraser": F.mse_loss(reconstruction, f_t)}
+
+    def init_parameters(self):
+        return list(self.paraphraser.parameters())

@@ -1,0 +1,32 @@
+"""`sp`: similarity-preserving KD, Tung & Mori, ICCV 2019.
+
+For a batch of b examples, G = F F^T (F: features flattened per example), each row L2-normalised;
+loss = ||G_t - G_s||_F^2 / b^2, summed over the feature pairs. By default one pair: the output of
+the last stage of each model (RepDistiller's feat[-2]).
+"""
+import torch
+import torch.nn.functional as F
+
+from kdrun.methods import METHODS
+from kdrun.methods.weighted import WeightedDistiller, flat
+
+
+def batch_similarity(f: torch.Tensor) -> torch.Tensor:
+    f = flat(f)
+    return F.normalize(f @ f.t(), dim=1)
+
+
+def sp_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
+    b = f_s.shape[0]
+    return (batch_similarity(f_t) - batch_similarity(f_s)).pow(2).sum() / (b * b)
+
+
+@METHODS.register("sp")
+class SimilarityPreserving(WeightedDistiller):
+    def __init__(self, student, teacher, cfg, info):
+        super().__init__(student, teacher, cfg, info)
+        self.s_paths, self.t_paths = self.paired_paths("stages", lambda p: p[-1:])
+        self.watch(self.s_paths, self.t_paths)
+
+    def method_terms(self, s_feats, t_feats, **_):
+        return {"sp": sum(sp_loss(s_feats[s], t_feats[t].float()) for s, t in zip(self.s_paths, self.t_paths))}

@@ -1,0 +1,95 @@
+"""What the methods of the CRD table share: loss = ce_weight * CE + alpha * KD + beta * (own terms).
+
+`alpha` > 0 adds Hinton's soft-target term at temperature `T` to any method; `beta` weights the
+method's own terms. Feature paths come from the models' `feature_points()`, or from the method
+config (`student_features` / `teacher_features`: lists of module paths) when it names them.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+
+from kdrun.errors import require
+from kdrun.methods.base import Distiller
+from kdrun.methods.kd import check_temperature_and_alpha, kd_loss
+
+log = logging.getLogger("kdrun")
+
+
+class WeightedDistiller(Distiller):
+    @classmethod
+    def validate(cls, cfg) -> None:
+        check_temperature_and_alpha(cfg)
+        beta = float(cfg.beta)
+        require(beta >= 0, f"method.beta weights the {cfg.name} loss and must be 0 or more, got {beta}.")
+        super().validate(cfg)
+
+    def __init__(self, student, teacher, cfg, info):
+        super().__init__(student, teacher, cfg, info)
+        self.T, self.alpha, self.beta = float(cfg.T), float(cfg.alpha), float(cfg.beta)
+
+    def losses(self, s_logits, t_logits, **batch) -> dict[str, torch.Tensor]:
+        out = {}
+        if self.alpha:
+            out["kd"] = self.alpha * kd_loss(s_logits, t_logits, self.T)
+        if self.beta:
+            terms = self.method_terms(s_logits=s_logits, t_logits=t_logits, **batch)
+            out.update({name: self.beta * value for name, value in terms.items()})
+        return out
+
+    def method_terms(self, **batch) -> dict[str, torch.Tensor]:
+        """The method's own terms, before the weight `beta`."""
+        raise NotImplementedError
+
+    def feature_paths(self, role: str, group: str, pick: Callable[[list[str]], list[str]]) -> list[str]:
+        """Module paths to read on `role`'s side: `method.<role>_features`, else `pick(feature_points()[group])`."""
+        model = self.student if role == "student" else self.teacher
+        key = f"method.{role}_features"
+        given = self.cfg.get(f"{role}_features")
+        if given is not None:
+            paths = [str(given)] if isinstance(given, str) else [str(p) for p in given]
+            require(paths, f"{key} is an empty list: name at least one module path of the {role}, "
+                           f"or set it to null for the model's default features.")
+            return paths
+        points = getattr(model, "feature_points", None)
+        require(callable(points), f"The {role} ({type(model).__name__}) does not say where its features are "
+                                  f"(no feature_points()). Name the module paths for {self.cfg.name} with "
+                                  f"{key}=[...], e.g. {key}=[layer3] or {key}=[fc:in].")
+        available = list(points().get(group) or [])
+        require(available, f"The {role} ({type(model).__name__}) lists no {group!r} features for "
+                           f"{self.cfg.name}. Name module paths with {key}=[...].")
+        return pick(available)
+
+    def paired_paths(self, group: str, pick: Callable[[list[str]], list[str]]) -> tuple[list[str], list[str]]:
+        """Student and teacher paths read in pairs (one loss per pair). Default lists of different
+        lengths are paired from the first stage on, as RepDistiller zips them; named lists must match."""
+        s_paths, t_paths = self.feature_paths("student", group, pick), self.feature_paths("teacher", group, pick)
+        named = self.cfg.get("student_features") is not None or self.cfg.get("teacher_features") is not None
+        if len(s_paths) != len(t_paths) and not named:
+            n = min(len(s_paths), len(t_paths))
+            log.info("%s: the student has %d %s and the teacher %d; pairing the first %d: %s.", self.cfg.name,
+                     len(s_paths), group, len(t_paths), n, list(zip(s_paths[:n], t_paths[:n])))
+            s_paths, t_paths = s_paths[:n], t_paths[:n]
+        require(len(s_paths) == len(t_paths),
+                f"{self.cfg.name} compares student and teacher features in pairs, but got {len(s_paths)} "
+                f"student path(s) {s_paths} and {len(t_paths)} teacher path(s) {t_paths}. Give as many "
+                f"method.student_features as method.teacher_features.")
+        return s_paths, t_paths
+
+    def single_path(self, role: str, group: str = "embedding") -> str:
+        paths = self.feature_paths(role, group, lambda p: p[-1:])
+        require(len(paths) == 1, f"{self.cfg.name} reads one feature per model (the embedding), but "
+                                 f"method.{role}_features names {len(paths)}: {paths}.")
+        return paths[0]
+
+
+def flat(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0], -1)
+
+
+def zero_like_graph(x: torch.Tensor) -> torch.Tensor:
+    """A zero loss still attached to the graph (for batches too small for a relation)."""
+    return x.sum() * 0.0
+
