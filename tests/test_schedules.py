@@ -92,7 +92,7 @@ def test_for_each_expands_lists_and_counts():
 @pytest.mark.parametrize("overrides, message", [
     (["schedule=takd"], "schedule.assistants"),
     (["schedule=takd", "schedule.assistants=[nope]"], "Unknown model 'nope'"),
-    (["schedule=fitnet"], "has none. Methods with an initialisation stage: "),
+    (["schedule=fitnet", "method=kd"], "has none. Methods with an initialisation stage: ab, fitnet, fsp, ft"),
     (["schedule=ban", "schedule.gen.epochs=0"], "schedule.gen.epochs must be at least 1"),
     (["schedule=single", "+schedule.stages.0.teacher_of=x"], "Valid stage keys"),
     (["schedule=single", "schedule.stages.0.teacher=best"], "valid: teacher, previous, none"),
