@@ -24,6 +24,7 @@ from kdrun.training.device import configure_threads, resolve_device
 from kdrun.training.ensemble import build_teacher, obtain_teachers, teacher_label
 from kdrun.training.progress import progress_enabled
 from kdrun.training.recipe import Recipe
+from kdrun.training.speed import without_speed_keys
 
 log = logging.getLogger("kdrun")
 NOT_IN_IDENTITY = ("progress", "cache_dir", "device")  # keys that do not change what a run computes
@@ -31,6 +32,7 @@ NOT_IN_IDENTITY = ("progress", "cache_dir", "device")  # keys that do not change
 
 def config_identity(cfg: DictConfig) -> str:
     plain = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in NOT_IN_IDENTITY}
+    plain = without_speed_keys(plain)  # speed and rounding only: a run may resume with other settings
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
