@@ -235,6 +235,6 @@ def test_bench_script_runs_both_loops(capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     bench.main(["--teacher", "mlp", "--student", "mlp", "--batch-size", "16", "--images", "48", "--workers", "0",
-                "--warmup-batches", "1", "--no-augment", "teacher.hidden=[16]", "student.hidden=[8]", "device=cpu"])
+                "--warmup-batches", "1", "--rounds", "2", "--no-augment", "teacher.hidden=[16]", "student.hidden=[8]", "device=cpu"])
     out = capsys.readouterr().out
-    assert "kdrun / reference:" in out and "reference (RepDistiller-style)" in out and "CIFAR-100 epoch" in out
+    assert "kdrun / reference:" in out and "rounds:" in out and "reference (RepDistiller-style)" in out and "CIFAR-100 epoch" in out
