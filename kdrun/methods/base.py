@@ -63,6 +63,13 @@ class Distiller(nn.Module):
         if teacher_paths:
             self._teacher_hooks = FeatureHooks(self.teacher, list(teacher_paths), "teacher")
 
+    def remove_hooks(self) -> None:
+        """Stop reading features: a later stage wraps the same models in another method."""
+        for hooks in (self._student_hooks, self._teacher_hooks):
+            if hooks is not None:
+                hooks.remove()
+        self._student_hooks = self._teacher_hooks = None
+
     def sample_input(self, batch: int = 2) -> torch.Tensor:
         c, (h, w) = self.info.channels, self.info.image_size
         return torch.zeros(batch, c, h, w, device=next(self.student.parameters()).device)

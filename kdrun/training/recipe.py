@@ -1,6 +1,7 @@
 """A training recipe (`train.*`, `teacher.train.*`, a stage's recipe): SGD with momentum, step decay."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -33,8 +34,11 @@ class Recipe:
         unknown = sorted(set(values) - known)
         if unknown:
             raise UserError(f"Unknown key(s) {unknown} in {where}. Valid keys: {sorted(known)}.")
+        check_types(values, where)
         values["milestones"] = tuple(int(m) for m in values.get("milestones") or ())
         r = cls(**values)
+        require(float(r.gamma) > 0, f"{where}.gamma must be positive, got {r.gamma}.")
+        require(all(m >= 1 for m in r.milestones), f"{where}.milestones are epochs, 1 or more: got {list(r.milestones)}.")
         require(int(r.epochs) >= 1, f"{where}.epochs must be at least 1, got {r.epochs}.")
         require(int(r.batch_size) >= 1, f"{where}.batch_size must be at least 1, got {r.batch_size}.")
         require(float(r.lr) > 0, f"{where}.lr must be positive, got {r.lr}.")
@@ -60,3 +64,27 @@ class Recipe:
         d = {k: v for k, v in self.__dict__.items() if k not in RUNTIME_KEYS}
         d["milestones"] = list(self.milestones)
         return d
+
+
+INT_KEYS = ("epochs", "batch_size")
+NUMBER_KEYS = ("lr", "momentum", "weight_decay", "gamma")
+
+
+def check_types(values: dict, where: str) -> None:
+    """A wrong type (`train.epochs=abc`, `train.lr=[1]`) is the user's to fix: name the key."""
+    def wrong(key: str, expected: str) -> None:
+        raise UserError(f"{where}.{key}={values[key]}: expected {expected}.")
+
+    for key in INT_KEYS:
+        if key in values and not (isinstance(values[key], int) and not isinstance(values[key], bool)):
+            wrong(key, "an integer")
+    for key in NUMBER_KEYS:
+        v = values.get(key, 0.0)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            wrong(key, "a finite number")
+    if "nesterov" in values and not isinstance(values["nesterov"], bool):
+        wrong("nesterov", "true or false")
+    milestones = values.get("milestones")
+    if milestones is not None and not (isinstance(milestones, list) and all(
+            isinstance(m, int) and not isinstance(m, bool) for m in milestones)):
+        wrong("milestones", "a list of epochs, e.g. [20,25] or []")
