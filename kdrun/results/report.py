@@ -14,15 +14,17 @@ from typing import Optional, Sequence
 from kdrun.console import console
 from kdrun.errors import UserError
 from kdrun.results.grouping import METRICS
+from kdrun.results.paper import PaperComparison, load_paper, paper_names
 from kdrun.results.pivot import pivot
 from kdrun.results.runs import find_runs
 from kdrun.results.tables import Summary
 
 
 def summarise(dirs: Sequence[Path], pivot_keys: Optional[Sequence[str]] = None, plot: bool = False,
-              metric: str = "test_acc") -> tuple[Summary, list[Path]]:
+              metric: str = "test_acc", paper: Optional[str] = None) -> tuple[Summary, list[Path]]:
     """Print the summary of every run below `dirs` and write its files into each of them."""
     dirs = [Path(d) for d in dirs]
+    table = load_paper(paper) if paper else None  # before any work
     if plot:
         from kdrun.results.plots import require_matplotlib
 
@@ -37,12 +39,14 @@ def summarise(dirs: Sequence[Path], pivot_keys: Optional[Sequence[str]] = None, 
                         + ("Runs report val_acc when they hold out data: dataset.val_size=N."
                            if metric == "val_acc" else f"Choose one of {', '.join(summary.metrics)}."))
     grids = pivot(summary.groups, *pivot_keys, shown=summary.columns) if pivot_keys else []
-    for table in summary.rich_tables(Path.cwd(), grids, metric):
-        console.print(table)
+    comparison = PaperComparison.of(table, summary.groups) if table else None
+    for item in summary.rich_tables(Path.cwd(), grids, metric) + (summary.paper_rich(comparison) if comparison else []):
+        console.print(item)
     written = []
     for d in dirs:
         (d / "summary.csv").write_text(summary.csv_text(d))
-        (d / "summary.md").write_text(summary.markdown(d, grids, metric))
+        (d / "summary.md").write_text(summary.markdown(d, grids, metric)
+                                      + (summary.paper_markdown(comparison) if comparison else ""))
         written += [d / "summary.csv", d / "summary.md"]
     if plot:
         from kdrun.results.plots import write_plots
@@ -70,13 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write PNG figures: the pivot as a heatmap, test accuracy per epoch (needs matplotlib)")
     parser.add_argument("--metric", choices=METRICS, default="test_acc",
                         help="the number shown in the pivot grid and heatmap (default test_acc)")
+    parser.add_argument("--paper", metavar="TABLE",
+                        help="also print our runs beside a published table, in its layout (also into summary.md): "
+                             + ", ".join(paper_names()))
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        _, written = summarise(args.dirs, args.pivot, args.plot, args.metric)
+        _, written = summarise(args.dirs, args.pivot, args.plot, args.metric, args.paper)
     except UserError as e:
         sys.stderr.write(f"kdrun-report: {e}\n")
         sys.exit(2)

@@ -134,6 +134,23 @@ class Summary:
         return out
 
 
+    def paper_markdown(self, comparison) -> str:
+        lines = ["", f"## Beside the paper: {comparison.paper['title']}", "",
+                 *_md_table(comparison.headers(), comparison.rows()), "", *(f"- {n}" for n in comparison.notes())]
+        if comparison.unmatched:
+            lines += ["", "Runs that match no cell of the paper's table: "
+                      + "; ".join(self.label(g) for g in comparison.unmatched)]
+        return "\n".join(lines) + "\n"
+
+    def paper_rich(self, comparison) -> list:
+        out = [_title(f"Beside the paper: {comparison.paper['title']}"),
+               _rich_table(comparison.headers(), comparison.rows(), right_from=1), *map(Text, comparison.notes())]
+        if comparison.unmatched:
+            out.append(Text("Runs that match no cell of the paper's table: "
+                            + "; ".join(self.label(g) for g in comparison.unmatched)))
+        return out
+
+
 def _number(value) -> str:
     return "" if value is None else f"{value:.4f}"
 

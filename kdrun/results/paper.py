@@ -1,0 +1,108 @@
+"""`kdrun-report DIR --paper TABLE`: our runs beside a published table (kdrun/papers/TABLE.json).
+
+A table file has `columns` and `rows`, each with a `match` of config choices or keys (e.g.
+`{"method": "kd"}`, `{"teacher": "wrn40_2", "student": "wrn16_2"}`); a cell holds the runs whose
+configuration matches both and whose dataset is the table's. A row may read another metric
+(`teacher_test_acc` for the teacher row); its values are taken once per seed, since every method of a
+pair shares the teacher of that seed. Runs on `synthetic` data stand in for the table's dataset (the
+scripts' `--smoke` runs), and the report says so.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from kdrun.errors import UserError
+from kdrun.results.grouping import Group, Stat, display, stat
+
+PAPERS_DIR = Path(__file__).resolve().parents[1] / "papers"
+STAND_IN = "synthetic"
+
+
+def paper_names() -> list[str]:
+    return sorted(p.stem for p in PAPERS_DIR.glob("*.json"))
+
+
+def load_paper(name: str) -> dict:
+    path = PAPERS_DIR / f"{name}.json"
+    if not path.is_file():
+        raise UserError(f"--paper {name}: no such table. Choose one of {', '.join(paper_names())} "
+                        f"(files in {PAPERS_DIR}).")
+    return json.loads(path.read_text())
+
+
+def _matches(group: Group, match: dict) -> bool:
+    return all(display(group.value(k)) == str(v) for k, v in match.items())
+
+
+@dataclass
+class Cell:
+    ours: Stat
+    paper: Optional[float]
+    configurations: int
+
+    def text(self) -> str:
+        ours = "—" if self.ours.mean is None else f"{self.ours.text()} ({self.ours.n})"
+        paper = "n/a" if self.paper is None else f"{self.paper:.2f}"
+        diff = "" if self.ours.mean is None or self.paper is None else f" ({self.ours.mean - self.paper:+.2f})"
+        star = "*" if self.configurations > 1 else ""
+        return f"{ours}{star} vs {paper}{diff}"
+
+
+@dataclass
+class PaperComparison:
+    paper: dict
+    cells: list[list[Cell]]  # [row][column]
+    unmatched: list[Group]
+    stand_ins: int  # matched groups run on synthetic data
+
+    @classmethod
+    def of(cls, paper: dict, groups: list[Group]) -> "PaperComparison":
+        dataset = paper.get("dataset")
+        usable = [g for g in groups if dataset is None or display(g.value("dataset")) in (dataset, STAND_IN)]
+        used: set[int] = set()
+        cells = []
+        for row in paper["rows"]:
+            metric = row.get("metric", "test_acc")
+            line = []
+            for col, published in zip(paper["columns"], row["values"]):
+                hits = [g for g in usable if _matches(g, {**row["match"], **col["match"]})]
+                used.update(id(g) for g in hits)
+                line.append(Cell(_stat(hits, metric), published, len(hits)))
+            cells.append(line)
+        unmatched = [g for g in groups if id(g) not in used]
+        stand_ins = sum(1 for g in groups if id(g) in used and display(g.value("dataset")) == STAND_IN)
+        return cls(paper, cells, unmatched, stand_ins)
+
+    def headers(self) -> list[str]:
+        return [""] + [c["label"] for c in self.paper["columns"]]
+
+    def rows(self) -> list[list[str]]:
+        return [[row["label"]] + [c.text() for c in line] for row, line in zip(self.paper["rows"], self.cells)]
+
+    def notes(self) -> list[str]:
+        p = self.paper
+        notes = [f"Cells: ours, mean ± std over seeds (n runs), vs the paper's number (ours − paper). "
+                 f"Published as: {p.get('published_as', 'top-1 test accuracy (%)')}.",
+                 "Sources: " + "; ".join(p.get("sources", []))]
+        if p.get("missing"):
+            notes.append(f"Missing from the paper: {p['missing']}")
+        if any(c.configurations > 1 for line in self.cells for c in line):
+            notes.append("*: the cell pools runs of several configurations that all match it.")
+        if self.stand_ins:
+            notes.append(f"{self.stand_ins} configuration(s) ran on synthetic data, standing in for "
+                         f"{p.get('dataset')}: a smoke test, not a reproduction.")
+        return notes
+
+
+def _stat(groups: list[Group], metric: str) -> Stat:
+    if metric == "teacher_test_acc":  # one teacher per seed, shared by the methods: count it once
+        per_seed = {}
+        for g in groups:
+            for r in g.completed:
+                if r.metrics.get(metric) is not None:
+                    per_seed.setdefault((display(g.value("dataset")), r.seed), float(r.metrics[metric]))
+        return stat(list(per_seed.values()))
+    return stat([float(r.metrics[metric]) for g in groups for r in g.completed if r.metrics.get(metric) is not None])
