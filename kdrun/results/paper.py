@@ -2,7 +2,7 @@
 
 A table file has `columns` and `rows`, each with a `match` of config choices or keys (e.g.
 `{"method": "kd"}`, `{"teacher": "wrn40_2", "student": "wrn16_2"}`); a cell holds the runs whose
-configuration matches both and whose dataset is the table's. A row may read another metric
+configuration matches both and whose dataset is the table's (a column may name its own). A row may read another metric
 (`teacher_test_acc` for the teacher row); its values are taken once per seed, since every method of a
 pair shares the teacher of that seed. Runs on `synthetic` data stand in for the table's dataset (the
 scripts' `--smoke` runs), and the report says so.
@@ -34,7 +34,10 @@ def load_paper(name: str) -> dict:
 
 
 def _matches(group: Group, match: dict) -> bool:
-    return all(display(group.value(k)) == str(v) for k, v in match.items())
+    def equal(key, wanted) -> bool:
+        ours = display(group.value(key))
+        return ours == display(wanted) or (key == "dataset" and ours == STAND_IN)
+    return all(equal(k, v) for k, v in match.items())
 
 
 @dataclass
@@ -60,17 +63,17 @@ class PaperComparison:
 
     @classmethod
     def of(cls, paper: dict, groups: list[Group]) -> "PaperComparison":
-        dataset = paper.get("dataset")
-        usable = [g for g in groups if dataset is None or display(g.value("dataset")) in (dataset, STAND_IN)]
+        table_match = {"dataset": paper["dataset"]} if paper.get("dataset") else {}
         used: set[int] = set()
         cells = []
         for row in paper["rows"]:
             metric = row.get("metric", "test_acc")
             line = []
             for col, published in zip(paper["columns"], row["values"]):
-                hits = [g for g in usable if _matches(g, {**row["match"], **col["match"]})]
+                hits = [g for g in groups if _matches(g, {**table_match, **row["match"], **col["match"]})]
                 used.update(id(g) for g in hits)
-                line.append(Cell(_stat(hits, metric), published, len(hits)))
+                pooled = len(hits) if metric != "teacher_test_acc" else min(len(hits), 1)  # one teacher: pooling intended
+                line.append(Cell(_stat(hits, metric), published, pooled))
             cells.append(line)
         unmatched = [g for g in groups if id(g) not in used]
         stand_ins = sum(1 for g in groups if id(g) in used and display(g.value("dataset")) == STAND_IN)
@@ -93,7 +96,7 @@ class PaperComparison:
             notes.append("*: the cell pools runs of several configurations that all match it.")
         if self.stand_ins:
             notes.append(f"{self.stand_ins} configuration(s) ran on synthetic data, standing in for "
-                         f"{p.get('dataset')}: a smoke test, not a reproduction.")
+                         f"{p.get('dataset') or 'the paper’s datasets'}: a smoke test, not a reproduction.")
         return notes
 
 

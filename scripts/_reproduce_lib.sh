@@ -1,0 +1,55 @@
+# Shared by scripts/reproduce_<table>.sh: options, the smoke settings, the sweep and the report.
+# Each script sets TABLE and USAGE, sources this file, calls parse_args "$@", then sweep ... and report.
+set -euo pipefail
+
+PYTHON="${PYTHON:-python}"
+SMOKE=0
+OUT=""
+SEEDS="0,1,2"
+EXTRA=()
+
+usage_exit() {
+    sed -n '2,/^$/s/^# \{0,1\}//p' "$0"
+    exit "${1:-0}"
+}
+
+parse_args() {
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --smoke) SMOKE=1 ;;
+            --out) OUT="$2"; shift ;;
+            --seeds) SEEDS="$2"; shift ;;
+            -h|--help) usage_exit 0 ;;
+            --) shift; EXTRA+=("$@"); break ;;
+            -*) echo "$(basename "$0"): unknown option $1 (see --help)" >&2; exit 2 ;;
+            *) EXTRA+=("$1") ;;
+        esac
+        shift
+    done
+    if [ "$SMOKE" = 1 ]; then
+        SEEDS=0
+        OUT="${OUT:-reproduce/${TABLE}-smoke}"
+    else
+        OUT="${OUT:-reproduce/${TABLE}}"
+    fi
+    mkdir -p "$OUT"
+}
+
+# The smoke settings: 1 epoch on a few dozen random images of the table's shape (CHANNELS SIZE CLASSES).
+smoke_data() {
+    echo "dataset=synthetic dataset.channels=$1 dataset.image_size=$2 dataset.num_classes=$3" \
+         "dataset.train_size=${SMOKE_TRAIN:-32} dataset.test_size=16 train.epochs=1 teacher.train.epochs=1" \
+         "train.batch_size=16 teacher.train.batch_size=16 train.milestones=[] teacher.train.milestones=[]"
+}
+
+# sweep DIR OVERRIDES...: one `kdrun -m` into DIR (rerunning skips finished runs, resumes the others).
+sweep() {
+    local dir="$1"; shift
+    echo "+ kdrun -m $* seed=$SEEDS ${EXTRA[*]} hydra.sweep.dir=$dir"
+    "$PYTHON" -m kdrun -m "$@" "seed=$SEEDS" progress=false ${EXTRA[@]+"${EXTRA[@]}"} "hydra.sweep.dir=$dir"
+}
+
+report() {
+    echo "+ kdrun-report $OUT --paper $TABLE"
+    "$PYTHON" -m kdrun.results.report "$OUT" --paper "$TABLE"
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Furlanello et al. 2018 (born-again networks), CIFAR-100 (experiment=ban_cifar100): a WRN-28-1 teacher,
+# then 3 born-again generations of WRN-28-1 and their ensemble, 3 seeds; then kdrun-report --paper
+# ban_cifar100 (no published numbers recorded yet: kdrun/papers/ban_cifar100.json).
+#
+# usage: scripts/reproduce_ban_cifar100.sh [--smoke] [--out DIR] [--seeds 0,1,2] [OVERRIDE...]
+#   --smoke   1 epoch on 32 random 3x8x8 images of 100 classes, one seed, 2 generations
+#   --out     the sweep directory (default reproduce/ban_cifar100, or reproduce/ban_cifar100-smoke)
+# Needs CIFAR-100 under dataset.root. Rerunning skips the finished runs.
+TABLE=ban_cifar100
+source "$(dirname "$0")/_reproduce_lib.sh"
+parse_args "$@"
+DATA=()
+[ "$SMOKE" = 1 ] && read -r -a DATA <<< "$(smoke_data 3 8 100) schedule.generations=2"
+sweep "$OUT" experiment=ban_cifar100 ${DATA[@]+"${DATA[@]}"}
+report

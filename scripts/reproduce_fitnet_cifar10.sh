@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# FitNets (Romero et al. 2015), stage-wise: the hint stage, then KD (experiment=fitnet_cifar10), CIFAR-10, with the
+# student alone as baseline, 3 seeds; then kdrun-report --paper fitnet_cifar10 (no published numbers recorded
+# yet: kdrun/papers/fitnet_cifar10.json).
+#
+# usage: scripts/reproduce_fitnet_cifar10.sh [--smoke] [--out DIR] [--seeds 0,1,2] [OVERRIDE...]
+#   --smoke   1 epoch (each stage) on 32 random 3x8x8 images, one seed
+#   --out     the sweep directory (default reproduce/fitnet_cifar10, or reproduce/fitnet_cifar10-smoke)
+# Needs CIFAR-10 under dataset.root (or dataset.download=true). Rerunning skips the finished runs.
+TABLE=fitnet_cifar10
+source "$(dirname "$0")/_reproduce_lib.sh"
+parse_args "$@"
+DATA=()
+[ "$SMOKE" = 1 ] && read -r -a DATA <<< "$(smoke_data 3 8 10)"
+sweep "$OUT/alone" experiment=fitnet_cifar10 method=ce schedule=single ${DATA[@]+"${DATA[@]}"}
+sweep "$OUT/method" experiment=fitnet_cifar10 ${DATA[@]+"${DATA[@]}"}
+report

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Mirzadeh et al. 2020 (TAKD) (experiment=takd_cifar): for each chain, the student alone, KD straight from
+# the teacher, and TAKD through the assistant, 3 seeds; chains: CIFAR-100 resnet110->resnet20->resnet8,
+# CIFAR-10 resnet110->resnet14->resnet8 (the authors' README examples), CIFAR-10 plain10->plain4->plain2.
+# Then kdrun-report --paper takd_cifar (no published numbers recorded yet: kdrun/papers/takd_cifar.json).
+# Three sweeps per chain (ce; kd; schedule=takd), since a chain's assistants go with its teacher.
+#
+# usage: scripts/reproduce_takd_cifar.sh [--smoke] [--out DIR] [--seeds 0,1,2] [OVERRIDE...]
+#   --smoke   1 epoch on 32 random 3x8x8 images of 100 classes, one seed, the CIFAR-100 ResNet chain only
+#   --out     the sweep directory (default reproduce/takd_cifar, or reproduce/takd_cifar-smoke)
+# Needs CIFAR-10 and CIFAR-100 under dataset.root. Rerunning skips the finished runs.
+TABLE=takd_cifar
+source "$(dirname "$0")/_reproduce_lib.sh"
+parse_args "$@"
+CHAINS=("cifar100 resnet110 [resnet20] resnet8" "cifar10 resnet110 [resnet14] resnet8" "cifar10 plain10 [plain4] plain2")
+[ "$SMOKE" = 1 ] && CHAINS=("${CHAINS[0]}")
+for chain in "${CHAINS[@]}"; do
+    read -r dataset teacher assistants student <<< "$chain"
+    DATA=("dataset=$dataset")
+    [ "$SMOKE" = 1 ] && read -r -a DATA <<< "$(smoke_data 3 8 100)"
+    name="$dataset-$teacher-$student"
+    ARGS=(experiment=takd_cifar "teacher=$teacher" "student=$student" "${DATA[@]}")
+    sweep "$OUT/$name/alone" "${ARGS[@]}" method=ce schedule=single
+    sweep "$OUT/$name/kd" "${ARGS[@]}" method=kd schedule=single
+    sweep "$OUT/$name/takd" "${ARGS[@]}" method=kd schedule=takd "schedule.assistants=$assistants"
+done
+report
