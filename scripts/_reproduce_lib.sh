@@ -38,7 +38,7 @@ parse_args() {
 # The smoke settings: 1 epoch on a few dozen random images of the table's shape (CHANNELS SIZE CLASSES).
 smoke_data() {
     echo "dataset=synthetic dataset.channels=$1 dataset.image_size=$2 dataset.num_classes=$3" \
-         "dataset.train_size=${SMOKE_TRAIN:-32} dataset.test_size=16 train.epochs=1 teacher.train.epochs=1" \
+         "dataset.train_size=16 dataset.test_size=16 train.epochs=1 teacher.train.epochs=1" \
          "train.batch_size=16 teacher.train.batch_size=16 train.milestones=[] teacher.train.milestones=[]"
 }
 

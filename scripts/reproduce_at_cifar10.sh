@@ -5,7 +5,7 @@
 # Three sweeps: ce and kd; at (AT alone, method.alpha=0); at with method.alpha=0.9 (AT+KD).
 #
 # usage: scripts/reproduce_at_cifar10.sh [--smoke] [--out DIR] [--seeds 0,1,2] [OVERRIDE...]
-#   --smoke   1 epoch on 32 random 3x8x8 images, one seed, the pair wrn16_2->wrn16_1 only
+#   --smoke   1 epoch on 16 random 3x8x8 images, one seed, the pair wrn16_2->wrn16_1 only
 #   --out     the sweep directory (default reproduce/at_cifar10, or reproduce/at_cifar10-smoke)
 # Needs CIFAR-10 under dataset.root (or dataset.download=true). Rerunning skips the finished runs.
 TABLE=at_cifar10

@@ -4,7 +4,7 @@
 # ban_cifar100 (no published numbers recorded yet: kdrun/papers/ban_cifar100.json).
 #
 # usage: scripts/reproduce_ban_cifar100.sh [--smoke] [--out DIR] [--seeds 0,1,2] [OVERRIDE...]
-#   --smoke   1 epoch on 32 random 3x8x8 images of 100 classes, one seed, 2 generations
+#   --smoke   1 epoch on 16 random 3x8x8 images of 100 classes, one seed, 2 generations
 #   --out     the sweep directory (default reproduce/ban_cifar100, or reproduce/ban_cifar100-smoke)
 # Needs CIFAR-100 under dataset.root. Rerunning skips the finished runs.
 TABLE=ban_cifar100

@@ -4,7 +4,7 @@
 # yet: kdrun/papers/fsp_cifar10.json).
 #
 # usage: scripts/reproduce_fsp_cifar10.sh [--smoke] [--out DIR] [--seeds 0,1,2] [OVERRIDE...]
-#   --smoke   1 epoch (each stage) on 32 random 3x8x8 images, one seed
+#   --smoke   1 epoch (each stage) on 16 random 3x8x8 images, one seed
 #   --out     the sweep directory (default reproduce/fsp_cifar10, or reproduce/fsp_cifar10-smoke)
 # Needs CIFAR-10 under dataset.root (or dataset.download=true). Rerunning skips the finished runs.
 TABLE=fsp_cifar10

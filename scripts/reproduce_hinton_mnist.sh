@@ -4,7 +4,7 @@
 # the paper's 67, 146 and 74 test errors (kdrun-report --paper hinton_mnist).
 #
 # usage: scripts/reproduce_hinton_mnist.sh [--smoke] [--out DIR] [--seeds 0,1,2] [OVERRIDE...]
-#   --smoke   the same table, 1 epoch on 32 random 1x8x8 images (a test, not a reproduction)
+#   --smoke   the same table, 1 epoch on 16 random 1x8x8 images (a test, not a reproduction)
 #   --out     the sweep directory (default reproduce/hinton_mnist, or reproduce/hinton_mnist-smoke)
 #   OVERRIDE  more kdrun overrides, e.g. dataset.root=~/data hydra/launcher=local_gpus
 # Needs MNIST under dataset.root (or dataset.download=true). Rerunning skips the finished runs.

@@ -6,7 +6,7 @@
 # Three sweeps per chain (ce; kd; schedule=takd), since a chain's assistants go with its teacher.
 #
 # usage: scripts/reproduce_takd_cifar.sh [--smoke] [--out DIR] [--seeds 0,1,2] [OVERRIDE...]
-#   --smoke   1 epoch on 32 random 3x8x8 images of 100 classes, one seed, the CIFAR-100 ResNet chain only
+#   --smoke   1 epoch on 16 random 3x8x8 images of 100 classes, one seed, the CIFAR-100 ResNet chain only
 #   --out     the sweep directory (default reproduce/takd_cifar, or reproduce/takd_cifar-smoke)
 # Needs CIFAR-10 and CIFAR-100 under dataset.root. Rerunning skips the finished runs.
 TABLE=takd_cifar
