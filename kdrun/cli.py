@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from kdrun.configs import CONFIG_DIR, register_configs
+from kdrun.configs import CONFIG_DIR, check_launcher, register_configs
 from kdrun.errors import UserError
 
 log = logging.getLogger("kdrun")
@@ -23,32 +23,80 @@ def _in_multirun() -> bool:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def app(cfg: DictConfig):
-    from kdrun.results.metrics import RunRecord
+    from kdrun.config_check import check_config
     from kdrun.training.run import run
+    from kdrun.training.signals import RunInterrupted, interrupts_raise
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    with interrupts_raise():
+        try:
+            check_config(cfg, hydra_cfg.runtime.choices, hydra_cfg.job.config_name)
+            return run(cfg, run_dir)
+        except SystemExit:  # submitit's requeue on pre-emption ends the job this way
+            _record(cfg, run_dir, "interrupted", "stopped by the job scheduler (requeued)")
+            raise
+        except (UserError, KeyboardInterrupt, Exception) as e:
+            user_error = isinstance(e, UserError)
+            interrupted = isinstance(e, KeyboardInterrupt)
+            message = str(e) if user_error else f"{type(e).__name__}: {e}"
+            if interrupted:
+                name = e.signal_name if isinstance(e, RunInterrupted) else "SIGINT"
+                message = f"interrupted by {name}"
+            _record(cfg, run_dir, "interrupted" if interrupted else "failed", message,
+                    **getattr(e, "details", {}))
+            if interrupted:
+                log.error("Run %s. Every completed epoch is in its checkpoint: rerun the same command with %s "
+                          "to resume.", message, _resume_hint(hydra_cfg, run_dir))
+            elif user_error:
+                log.error(message)
+            else:
+                log.error("The run failed:\n%s", traceback.format_exc())
+            if _in_multirun() and not interrupted:
+                return {"status": "failed", "error": message}  # the other jobs of the sweep go on
+            code = e.exit_code if isinstance(e, RunInterrupted) else 130 if interrupted else 2 if user_error else 1
+            sys.exit(code)
+
+
+def _record(cfg: DictConfig, run_dir: Path, status: str, message: str, **fields) -> None:
+    """Record how the run ended, unless the directory holds a completed run or another configuration's."""
+    from kdrun.results.metrics import RunRecord
+    from kdrun.training.run import config_identity
+
+    record = RunRecord(run_dir)
     try:
-        return run(cfg, run_dir)
-    except (UserError, KeyboardInterrupt, Exception) as e:
-        user_error = isinstance(e, UserError)
-        message = str(e) if user_error else f"{type(e).__name__}: {e}"
-        if isinstance(e, KeyboardInterrupt):
-            message = "interrupted"
-        record = RunRecord(run_dir)
-        if record.metrics.get("status") != "completed":
-            record.finish("interrupted" if isinstance(e, KeyboardInterrupt) else "failed", error=message)
-        if user_error:
-            log.error(message)
-        else:
-            log.error("The run failed:\n%s", traceback.format_exc())
-        if _in_multirun() and not isinstance(e, KeyboardInterrupt):
-            return {"status": "failed", "error": message}  # the other jobs of the sweep go on
-        sys.exit(130 if isinstance(e, KeyboardInterrupt) else 2 if user_error else 1)
+        identity = config_identity(cfg)
+    except Exception:  # a config that cannot be resolved has no identity
+        identity = None
+    if record.metrics.get("status") == "completed" or record.metrics.get("config_id") not in (None, identity):
+        return
+    try:
+        record.finish(status, error=message, **fields)
+    except UserError as e:  # the directory cannot be written: say so, the message above stays the point
+        log.error(str(e))
+
+
+def _resume_hint(hydra_cfg, run_dir: Path) -> str:
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return f"hydra.sweep.dir={hydra_cfg.sweep.dir}"
+    return f"hydra.run.dir={run_dir}"
 
 
 def main() -> None:
+    from kdrun.results.sweep import finish_sweep
+
     register_configs()
-    app()
+    try:
+        check_launcher(sys.argv[1:])
+    except UserError as e:
+        sys.stderr.write(f"kdrun: {e}\n")
+        sys.exit(2)
+    try:
+        app()
+    finally:
+        status = finish_sweep()  # a sweep's summary, also when Hydra stopped the sweep early
+    if status:
+        sys.exit(status)  # some job of the sweep failed
 
 
 if __name__ == "__main__":

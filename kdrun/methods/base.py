@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from kdrun.data.base import DataInfo
 from kdrun.errors import require
 from kdrun.models.features import FeatureHooks
+from kdrun.training.speed import full_precision, loss_inputs
 
 
 class Distiller(nn.Module):
@@ -37,6 +38,7 @@ class Distiller(nn.Module):
         self.ce_weight = self.hard_label_weight(cfg)
         self._student_hooks: Optional[FeatureHooks] = None
         self._teacher_hooks: Optional[FeatureHooks] = None
+        self.teacher_cache = None  # a TeacherOutputs, set by the training loop for one stage
 
     @classmethod
     def validate(cls, cfg: DictConfig) -> None:
@@ -61,6 +63,13 @@ class Distiller(nn.Module):
         if teacher_paths:
             self._teacher_hooks = FeatureHooks(self.teacher, list(teacher_paths), "teacher")
 
+    def remove_hooks(self) -> None:
+        """Stop reading features: a later stage wraps the same models in another method."""
+        for hooks in (self._student_hooks, self._teacher_hooks):
+            if hooks is not None:
+                hooks.remove()
+        self._student_hooks = self._teacher_hooks = None
+
     def sample_input(self, batch: int = 2) -> torch.Tensor:
         c, (h, w) = self.info.channels, self.info.image_size
         return torch.zeros(batch, c, h, w, device=next(self.student.parameters()).device)
@@ -73,6 +82,17 @@ class Distiller(nn.Module):
             logits = self.teacher(x)
         return logits, self._teacher_hooks.take() if self._teacher_hooks else {}
 
+    def teacher_outputs(self, x: torch.Tensor, index: Optional[torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        """`teacher_forward`, or its stored result for these examples (see kdrun.training.teacher_outputs)."""
+        cache = self.teacher_cache
+        if cache is None or index is None:
+            return self.teacher_forward(x)
+        if cache.complete:
+            return cache.lookup(index)
+        logits, feats = self.teacher_forward(x)
+        cache.store(index, logits, feats)
+        return logits, feats
+
     def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int = 1,
                       index: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict]:
         """Student logits and the named, weighted loss terms of one training batch.
@@ -82,15 +102,18 @@ class Distiller(nn.Module):
         """
         s_logits = self.student(x)
         s_feats = self._student_hooks.take() if self._student_hooks else {}
-        t_logits, t_feats = self.teacher_forward(x) if self.uses_teacher else (None, {})
-        batch = dict(x=x, y=y, s_logits=s_logits, t_logits=t_logits, s_feats=s_feats, t_feats=t_feats,
-                     epoch=epoch, index=index)
-        if self.phase == "init":
-            return s_logits, self.init_losses(**batch)
-        losses = {}
-        if self.ce_weight:
-            losses["ce"] = self.ce_weight * F.cross_entropy(s_logits, y)
-        losses.update(self.losses(**batch))
+        t_logits, t_feats = self.teacher_outputs(x, index) if self.uses_teacher else (None, {})
+        # Under bf16 autocast only the models' forwards are bf16: the losses see fp32 tensors.
+        with full_precision(x.device.type):
+            batch = loss_inputs(dict(x=x, y=y, s_logits=s_logits, t_logits=t_logits, s_feats=s_feats,
+                                t_feats=t_feats, epoch=epoch, index=index))
+            s_logits = batch["s_logits"]
+            if self.phase == "init":
+                return s_logits, self.init_losses(**batch)
+            losses = {}
+            if self.ce_weight:
+                losses["ce"] = self.ce_weight * F.cross_entropy(s_logits, y)
+            losses.update(self.losses(**batch))
         return s_logits, losses
 
     def losses(self, **batch) -> dict[str, torch.Tensor]:

@@ -18,7 +18,13 @@ def print_run_summary(m: dict) -> None:
         table.add_row(str(m.get("teacher")), "teacher", fmt_acc(m.get("teacher_test_acc")))
     for s in m.get("stages", [])[:-1]:
         table.add_row(str(s.get("model", "")), f"stage {s['name']}", fmt_acc(s.get("test_acc")))
-    table.add_row(str(m.get("student")), f"student ({m.get('method')})", fmt_acc(m.get("test_acc")))
+    stages = m.get("stages", [])
+    last = f", stage {stages[-1]['name']}" if len(stages) > 1 else ""
+    table.add_row(str(m.get("student")), f"student ({m.get('method')}{last})", fmt_acc(m.get("test_acc")))
+    if m.get("ensemble_test_acc") is not None:
+        members = m.get("ensemble", [])
+        table.add_row(str(m.get("student")), f"ensemble of {len(members)} ({', '.join(members)})",
+                      fmt_acc(m.get("ensemble_test_acc")))
     if m.get("val_acc") is not None:
         table.add_row(str(m.get("student")), "student, validation", fmt_acc(m.get("val_acc")))
     console.print(table)

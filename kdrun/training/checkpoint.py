@@ -13,18 +13,28 @@ from kdrun.errors import UserError
 
 def atomic_write(path: Path, write) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise unwritable(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:  # a kill or a full disk leaves the old file, never half a new one
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise unwritable(path, e) from None
         raise
+
+
+def unwritable(path: Path, e: OSError) -> UserError:
+    return UserError(f"Cannot write {path} ({e.strerror or e}). Free disk space, or choose a writable place "
+                     f"for runs (hydra.run.dir=DIR, hydra.sweep.dir=DIR) or for the teacher cache (cache_dir=DIR).")
 
 
 def save_torch(path: Path, obj) -> None:

@@ -22,12 +22,17 @@ from kdrun.methods.base import Distiller
 from kdrun.training.checkpoint import load_torch, save_torch
 from kdrun.training.progress import StageProgress
 from kdrun.training.recipe import Recipe
+from kdrun.training.speed import Speed, end_epoch, start_stage
 
 log = logging.getLogger("kdrun")
 
 
 class TrainingDiverged(UserError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite. `details` (stage, epoch, step) go into metrics.json."""
+
+    def __init__(self, message: str, **details):
+        super().__init__(message)
+        self.details = {"diverged": details}
 
 
 @dataclass
@@ -51,13 +56,16 @@ def epoch_seed(seed: int, stage: str, epoch: int) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, split: Split, batch_size: int = 1000) -> float:
+def evaluate(model: nn.Module, data: Dataset, split: Split, batch_size: int = 1000,
+             speed: Optional[Speed] = None) -> float:
     """Top-1 accuracy in percent."""
+    speed = speed or Speed(device=data.device)
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=data.device)
     for _, x, y in data.batches(split, batch_size, shuffle=False):
-        correct += (model(x).argmax(1) == y).sum()
+        with speed.autocast():
+            correct += (model(speed.batch(x)).argmax(1) == y).sum()
     model.train(was_training)
     return round(100.0 * correct.item() / max(len(split), 1), 4)
 
@@ -76,17 +84,26 @@ def fit(
 ) -> StageResult:
     """Train `parameters` (default: every trainable parameter of the method, student included)."""
     params = parameters if parameters is not None else [p for p in distiller.parameters() if p.requires_grad]
+    speed = start_stage(distiller, data, recipe)  # before the optimiser: it may change memory formats
     optimizer = recipe.optimizer(params)
     scheduler = recipe.scheduler(optimizer)
     result = StageResult()
     start = 1
     if checkpoint is not None and checkpoint.exists():
         state = load_torch(checkpoint, f"checkpoint of stage {stage!r}")
-        distiller.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        result = StageResult(state["history"], state["train_images"], state["train_seconds"])
-        start = state["epoch"] + 1
+        try:
+            distiller.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            result = StageResult(state["history"], state["train_images"], state["train_seconds"])
+            start = state["epoch"] + 1
+            restore_rng(state.get("rng"))
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise UserError(
+                f"The checkpoint {checkpoint} does not belong to this stage ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200]}). kdrun does not start over silently: restore the file, "
+                f"or delete it to redo stage {stage!r}."
+            ) from None
         for entry in result.history if on_epoch else ():
             on_epoch(entry)
         if start <= recipe.epochs:
@@ -100,11 +117,24 @@ def fit(
             seed_e = epoch_seed(seed, stage, epoch)
             torch.manual_seed(seed_e)
             total = torch.zeros((), device=data.device)
+            bad_step = torch.zeros((), dtype=torch.long, device=data.device)  # first non-finite loss, 0: none
+            bad_loss = torch.zeros((), device=data.device)
+            step = 0
             terms: dict[str, torch.Tensor] = {}
             t0 = time.perf_counter()
             for idx, x, y in data.batches(data.train, recipe.batch_size, shuffle=True, seed=seed_e, train=True):
-                _, losses = distiller.forward_train(x, y, epoch, idx)
+                with speed.autocast():
+                    _, losses = distiller.forward_train(speed.batch(x), y, epoch, idx)
                 loss = sum(losses.values())
+                step += 1
+                if not losses:
+                    raise UserError(f"Stage {stage}: nothing to train, every loss term of the method is "
+                                    f"switched off ({', '.join(method_weights(distiller)) or 'no weights'}). "
+                                    f"Give at least one loss weight a positive value.")
+                # Record the first non-finite step on the device: no host sync inside the epoch.
+                first = (bad_step == 0) & ~torch.isfinite(loss.detach())
+                bad_step = torch.where(first, step, bad_step)
+                bad_loss = torch.where(first, loss.detach().float(), bad_loss)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -113,27 +143,25 @@ def fit(
                     terms[k] = terms.get(k, 0) + v.detach() * len(y)
                 bar.batch_done()
             scheduler.step()
+            end_epoch(distiller)
             train_loss = total.item() / n  # the one host sync of the epoch
             result.train_seconds += time.perf_counter() - t0
             result.train_images += n
-            if not math.isfinite(train_loss):
-                raise TrainingDiverged(
-                    f"Stage {stage}: the training loss became {train_loss} in epoch {epoch}. Lower the "
-                    f"learning rate (now {recipe.lr}), or check the temperature and loss weights of the method."
-                )
+            if int(bad_step) or not math.isfinite(train_loss):
+                raise diverged(distiller, recipe, stage, epoch, int(bad_step), float(bad_loss), train_loss, batches)
             entry = {"stage": stage, "epoch": epoch, "train_loss": round(train_loss, 6),
                      "losses": {k: round(v.item() / n, 6) for k, v in terms.items()},
                      "lr": optimizer.param_groups[0]["lr"],
-                     "test_acc": evaluate(distiller.student, data, data.test)}
+                     "test_acc": evaluate(distiller.student, data, data.test, speed=speed)}
             if data.val is not None:
-                entry["val_acc"] = evaluate(distiller.student, data, data.val)
+                entry["val_acc"] = evaluate(distiller.student, data, data.val, speed=speed)
             result.history.append(entry)
             if checkpoint is not None:
                 save_torch(checkpoint, {
                     "stage": stage, "epoch": epoch, "model": distiller.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "history": result.history, "train_images": result.train_images,
-                    "train_seconds": result.train_seconds,
+                    "train_seconds": result.train_seconds, "rng": rng_state(),
                 })
             info = f"loss {train_loss:.4f}  test {entry['test_acc']:.2f}%"
             if "val_acc" in entry:
@@ -142,4 +170,42 @@ def fit(
             bar.epoch_done(info)
             if on_epoch:
                 on_epoch(entry)
+    distiller.teacher_cache = None
     return result
+
+
+def diverged(distiller: Distiller, recipe: Recipe, stage: str, epoch: int, step: int, value: float,
+             train_loss: float, batches: int) -> TrainingDiverged:
+    """The error for a non-finite loss: where it happened and what to change."""
+    where = f"at step {step} of {batches} in epoch {epoch}" if step else \
+        f"in epoch {epoch} (the sum of its finite step losses overflowed)"
+    value = value if step else train_loss
+    kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no epoch had completed"
+    weights = method_weights(distiller)
+    method_hint = f", or check the method's temperature and loss weights ({', '.join(weights)})" if weights else ""
+    return TrainingDiverged(
+        f"Stage {stage}: the training loss became {value} {where}. The run stopped and {kept}. "
+        f"Lower the learning rate (now {recipe.lr}){method_hint}.",
+        stage=stage, epoch=epoch, step=step or None, loss=str(value), lr=recipe.lr,
+    )
+
+
+def method_weights(distiller: Distiller) -> list[str]:
+    return [f"method.{k}={v}" for k, v in distiller.cfg.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def rng_state() -> dict:
+    """Saved for completeness: each epoch reseeds from (seed, stage, epoch), so resuming is exact anyway."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Optional[dict]) -> None:
+    if not state:
+        return
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -13,16 +13,18 @@ from omegaconf import DictConfig, OmegaConf
 from kdrun.data import build_dataset
 from kdrun.errors import UserError
 from kdrun.methods import method_class
-from kdrun.models import MODELS, build_model, model_label
+from kdrun.models import MODELS, model_label
 from kdrun.results.metrics import RunRecord
 from kdrun.results.summary import print_run_summary
 from kdrun.schedules import build_stages
+from kdrun.schedules.spec import require_complete
+from kdrun.schedules.runner import ScheduleRunner, ensemble_accuracy
 from kdrun.training.checkpoint import save_torch
 from kdrun.training.device import configure_threads, resolve_device
 from kdrun.training.ensemble import build_teacher, obtain_teachers, teacher_label
-from kdrun.training.loop import fit
 from kdrun.training.progress import progress_enabled
 from kdrun.training.recipe import Recipe
+from kdrun.training.speed import without_speed_keys
 
 log = logging.getLogger("kdrun")
 NOT_IN_IDENTITY = ("progress", "cache_dir", "device")  # keys that do not change what a run computes
@@ -30,6 +32,7 @@ NOT_IN_IDENTITY = ("progress", "cache_dir", "device")  # keys that do not change
 
 def config_identity(cfg: DictConfig) -> str:
     plain = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in NOT_IN_IDENTITY}
+    plain = without_speed_keys(plain)  # speed and rounding only: a run may resume with other settings
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -43,6 +46,7 @@ def check_names(cfg: DictConfig) -> None:
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     record = RunRecord(run_dir)
+    require_complete(cfg)
     identity = config_identity(cfg)
     if record.metrics and record.metrics.get("config_id") not in (None, identity):
         raise UserError(
@@ -56,11 +60,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     # Everything a user can get wrong is checked before any training.
     check_names(cfg)
-    method_cls = method_class(cfg.method.name)
-    method_cls.validate(cfg.method)
+    method_class(cfg.method.name).validate(cfg.method)
     stages = build_stages(cfg)
-    recipes = {s.name: Recipe.from_config(OmegaConf.select(cfg, s.recipe_key), s.recipe_key) for s in stages}
-    if method_cls.uses_teacher and not cfg.teacher.get("checkpoint"):
+    needs_teacher = any(s.teacher == "teacher" and method_class(str(s.method_cfg.name)).uses_teacher
+                        for s in stages)
+    if needs_teacher and not cfg.teacher.get("checkpoint"):
         Recipe.from_config(cfg.teacher.train, "teacher.train")
     device = resolve_device(cfg.device)
     configure_threads()
@@ -70,14 +74,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     torch.manual_seed(int(cfg.seed))
     data = build_dataset(cfg.dataset, device)
     info = data.info
-    student = build_model(cfg.student, info).to(device)
-    teacher = build_teacher(cfg, info).to(device) if method_cls.uses_teacher else None
-    distiller = method_cls(student, teacher, cfg.method, info).to(device)
+    teacher = build_teacher(cfg, info).to(device) if needs_teacher else None
+    runner = ScheduleRunner(cfg, data, run_dir, teacher=teacher, progress=show_progress,
+                            on_epoch=record.add_epoch, on_stage=lambda stages_done: record.update(stages=stages_done))
+    runner.check(stages)
 
     record.start({
         "dataset": str(cfg.dataset.name), "teacher": teacher_label(cfg) if teacher is not None else None,
         "student": model_label(cfg.student), "method": str(cfg.method.name), "schedule": str(cfg.schedule.name),
-        "seed": int(cfg.seed), "epochs": recipes[stages[-1].name].epochs, "device": str(device),
+        "seed": int(cfg.seed), "epochs": stages[-1].train_recipe.epochs, "device": str(device),
         "config_id": identity,
     })
     log.info("Run directory: %s", run_dir)
@@ -85,28 +90,43 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
              f", {len(data.val)} validation" if data.val is not None else "", info)
     if teacher is not None:
         teacher_acc, source = obtain_teachers(cfg, teacher, data, show_progress)
+        runner.teacher_key = teacher_identity(source)
         record.update(teacher_test_acc=teacher_acc, teacher_source=source)
+    if len(stages) > 1:
+        log.info("Schedule %s: %s.", cfg.schedule.name, " -> ".join(s.name for s in stages))
 
-    images = seconds = 0
-    stage_records = []
-    for stage in stages:
-        result = fit(distiller, data, recipes[stage.name], stage=stage.name, seed=int(cfg.seed),
-                     checkpoint=run_dir / "checkpoints" / f"{stage.name}.pt", progress=show_progress,
-                     on_epoch=record.add_epoch)
-        images += result.train_images
-        seconds += result.train_seconds
-        stage_records.append({"name": stage.name, "model": model_label(cfg.student),
-                              "test_acc": result.test_acc, "checkpoint": str(run_dir / "checkpoints" / f"{stage.name}.pt")})
+    outcomes = runner.run(stages)
+    last = outcomes[-1]
+    trained = [o.result for o in outcomes if o.result is not None]
+    images = sum(r.train_images for r in trained)
+    seconds = sum(r.train_seconds for r in trained)
     weights = run_dir / "student.pt"
-    save_torch(weights, student.state_dict())
+    save_torch(weights, last.model.state_dict())
     final = {
-        "test_acc": result.test_acc,
+        "test_acc": last.test_acc,
         "train_images_per_s": round(images / seconds, 1) if seconds else None,
         "wall_time_s": round(record.metrics["wall_time_s"] + time.perf_counter() - started, 2),
-        "stages": stage_records, "student_weights": str(weights),
+        "stages": [o.record() for o in outcomes], "student_weights": str(weights),
     }
-    if result.val_acc is not None:
-        final["val_acc"] = result.val_acc
+    if last.result is not None and last.result.val_acc is not None:
+        final["val_acc"] = last.result.val_acc
+    members = [o for o in outcomes if o.stage.ensemble]
+    if members:
+        final["ensemble_test_acc"] = ensemble_accuracy([o.model for o in members], data)
+        final["ensemble"] = [o.stage.name for o in members]
+        log.info("Ensemble of %s (mean of softmax outputs): test acc %.2f%%.",
+                 ", ".join(final["ensemble"]), final["ensemble_test_acc"])
     record.finish("completed", **final)
     print_run_summary(record.metrics)
     return record.metrics
+
+
+def teacher_identity(source: str) -> str:
+    """What the run's teacher is, for the keys of the stages that learn from it: a digest of its
+    weight files (a cache entry or `teacher.checkpoint`; several for an ensemble)."""
+    h = hashlib.sha256()
+    for path in source.split(", "):
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]

@@ -30,20 +30,34 @@ log = logging.getLogger("kdrun")
 CACHE_FORMAT = 1
 
 
-def cache_key(model_cfg: DictConfig, dataset_cfg: DictConfig, recipe: Recipe, seed: int) -> str:
-    model = {k: v for k, v in OmegaConf.to_container(model_cfg, resolve=True).items()
-             if k not in ("checkpoint", "train")}
+def model_identity(model_cfg: DictConfig) -> dict:
+    return {k: v for k, v in OmegaConf.to_container(model_cfg, resolve=True).items()
+            if k not in ("checkpoint", "train")}
+
+
+def dataset_identity(dataset_cfg: DictConfig) -> dict:
     dataset = {k: v for k, v in OmegaConf.to_container(dataset_cfg, resolve=True).items() if k != "download"}
     if dataset.get("root"):
         dataset["root"] = str(Path(dataset["root"]).expanduser().resolve())
-    blob = json.dumps({"model": model, "dataset": dataset, "recipe": recipe.as_dict(), "seed": seed,
-                       "format": CACHE_FORMAT}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return dataset
+
+
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cache_key(model_cfg: DictConfig, dataset_cfg: DictConfig, recipe: Recipe, seed: int) -> str:
+    return digest({"model": model_identity(model_cfg), "dataset": dataset_identity(dataset_cfg),
+                   "recipe": recipe.as_dict(), "seed": seed, "format": CACHE_FORMAT})
+
+
+def entry_path(cache_dir: Path, label: str, dataset_name: str, seed: int, key: str) -> Path:
+    return Path(cache_dir) / "teachers" / f"{label}-{dataset_name}-s{seed}-{key}.pt"
 
 
 def cache_path(cache_dir: Path, model_cfg: DictConfig, dataset_cfg: DictConfig, recipe: Recipe, seed: int) -> Path:
     key = cache_key(model_cfg, dataset_cfg, recipe, seed)
-    return Path(cache_dir) / "teachers" / f"{model_label(model_cfg)}-{dataset_cfg.name}-s{seed}-{key}.pt"
+    return entry_path(cache_dir, model_label(model_cfg), str(dataset_cfg.name), seed, key)
 
 
 @contextlib.contextmanager

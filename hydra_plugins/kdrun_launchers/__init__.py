@@ -1,0 +1,5 @@
+"""kdrun's Hydra launchers (found by Hydra's plugin scan of the `hydra_plugins` namespace package).
+
+`hydra/launcher=local_gpus` (conf/hydra/launcher/local_gpus.yaml): several jobs of a sweep at once
+on one machine, each in its own process pinned to one GPU.
+"""

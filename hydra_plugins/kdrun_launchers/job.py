@@ -1,0 +1,67 @@
+"""The process of one job of a local sweep: unpickles the job's composed config and runs it with
+Hydra's `run_job`, as Hydra's basic launcher would in its own process. Writes the JobReturn back."""
+from __future__ import annotations
+
+import importlib
+import inspect
+import pickle
+import runpy
+import sys
+from pathlib import Path
+
+# Started as `python -c BOOTSTRAP PAYLOAD SYS_PATH`: the job imports exactly what the sweep imported.
+BOOTSTRAP = ("import json, sys; sys.path[:] = json.loads(sys.argv[2]); "
+             "from hydra_plugins.kdrun_launchers.job import main; main(sys.argv[1])")
+
+
+def task_reference(task_function) -> dict:
+    module = task_function.__module__
+    main_file = getattr(sys.modules.get(module), "__file__", None) if module == "__main__" else None
+    return {"module": module, "qualname": task_function.__qualname__, "main_file": main_file}
+
+
+def load_task(ref: dict):
+    """The task function (undecorated: @hydra.main's wrapper keeps it as __wrapped__)."""
+    if ref["main_file"]:
+        namespace = runpy.run_path(ref["main_file"], run_name="__kdrun_job__")  # its `if __name__ == "__main__"` stays off
+        obj = namespace[ref["qualname"].split(".")[0]]
+        parts = ref["qualname"].split(".")[1:]
+    else:
+        obj = importlib.import_module(ref["module"])
+        parts = ref["qualname"].split(".")
+    for part in parts:
+        obj = getattr(obj, part)
+    return inspect.unwrap(obj)
+
+
+def main(payload_path: str) -> None:
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import JobRuntime, run_job, setup_globals
+    from hydra.types import HydraContext
+    from omegaconf import OmegaConf
+
+    payload = pickle.loads(Path(payload_path).read_bytes())
+    config = payload["config"]
+    setup_globals()
+    JobRuntime.instance().set("name", config.hydra.job.name)
+    HydraConfig.instance().set_config(config)
+    result = run_job(
+        hydra_context=HydraContext(config_loader=None, callbacks=Callbacks(config)),
+        task_function=load_task(payload["task"]),
+        config=config,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )
+    # Plain copies of the configs: structured-config classes (e.g. Hydra's sweeper settings) pickle by
+    # reference, which fails once a plugin scan in this process has re-imported their modules.
+    for name in ("cfg", "hydra_cfg"):
+        value = getattr(result, name)
+        if value is not None:
+            setattr(result, name, OmegaConf.create(OmegaConf.to_container(value, resolve=False)))
+    try:
+        data = pickle.dumps(result)
+    except Exception:  # a return value or exception that does not pickle: keep its text
+        result._return_value = RuntimeError(repr(result._return_value))
+        data = pickle.dumps(result)
+    Path(payload["result_path"]).write_bytes(data)

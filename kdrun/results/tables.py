@@ -1,0 +1,178 @@
+"""The summary of many runs as a rich table, summary.csv and summary.md."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.table import Table
+from rich.text import Text
+
+from kdrun.results.grouping import Group, columns, display, group_runs
+from kdrun.results.pivot import Grid
+from kdrun.results.runs import Run
+
+CONFIG_COLUMN = "configuration"  # shown instead of keys when all runs share one configuration
+METRIC_LABELS = {"test_acc": "test acc (%)", "val_acc": "val acc (%)", "teacher_test_acc": "teacher acc (%)"}
+
+
+def relative(path: Path, base: Path) -> str:
+    """The path from base when it lies below base, else the absolute path."""
+    try:
+        rel = os.path.relpath(path, base)
+    except ValueError:  # another drive
+        return str(Path(path).absolute())
+    return str(Path(path).absolute()) if rel.startswith("..") else rel
+
+
+def first_line(text: str, limit: int = 160) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+@dataclass
+class Summary:
+    runs: list[Run]
+    groups: list[Group]
+    columns: list[str]
+
+    @classmethod
+    def of(cls, runs: list[Run]) -> "Summary":
+        groups = group_runs(runs)
+        return cls(runs, groups, columns(groups))
+
+    @property
+    def metrics(self) -> list[str]:
+        """test_acc always; the others when some run has them."""
+        return ["test_acc"] + [m for m in ("val_acc", "teacher_test_acc")
+                               if any(r.metrics.get(m) is not None for r in self.runs)]
+
+    @property
+    def not_completed(self) -> list[Run]:
+        return [r for g in self.groups for r in g.failed + g.unfinished]
+
+    @property
+    def any_unfinished(self) -> bool:
+        return any(g.unfinished for g in self.groups)
+
+    def key_cells(self, g: Group) -> list[str]:
+        if self.columns:
+            return [display(g.value(k)) for k in self.columns]
+        return [" ".join(o for o in g.runs[0].overrides if not o.startswith("seed=")) or "(defaults)"]
+
+    @property
+    def key_headers(self) -> list[str]:
+        return self.columns or [CONFIG_COLUMN]
+
+    def label(self, g: Group) -> str:
+        if not self.columns:
+            return self.key_cells(g)[0]
+        return ", ".join(f"{k}={v}" for k, v in zip(self.columns, self.key_cells(g)))
+
+    def headline(self) -> str:
+        failed = sum(len(g.failed) for g in self.groups)
+        unfinished = sum(len(g.unfinished) for g in self.groups)
+        return (f"{len(self.runs)} run(s) in {len(self.groups)} configuration(s): "
+                f"{len(self.runs) - failed - unfinished} completed, {failed} failed, {unfinished} unfinished")
+
+    # summary.csv: one row per configuration, a fixed set of columns after the keys.
+    def csv_text(self, base: Path) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(self.key_headers + ["test_acc_mean", "test_acc_std", "val_acc_mean", "val_acc_std",
+                                            "teacher_test_acc_mean", "n", "failed", "unfinished", "seeds", "runs"])
+        for g in self.groups:
+            cells = []
+            for metric in ("test_acc", "val_acc", "teacher_test_acc"):
+                s = g.stat(metric)
+                cells.append(_number(s.mean))
+                if metric != "teacher_test_acc":
+                    cells.append(_number(s.std))
+            writer.writerow(self.key_cells(g) + cells + [
+                g.stat().n, len(g.failed), len(g.unfinished), " ".join(display(s) for s in g.seeds),
+                " ".join(relative(r.path, base) for r in g.runs)])
+        return out.getvalue()
+
+    def _row_cells(self, g: Group) -> list[str]:
+        cells = self.key_cells(g) + [g.stat(m).text() for m in self.metrics] + [str(g.stat().n), str(len(g.failed))]
+        if self.any_unfinished:
+            cells.append(str(len(g.unfinished)))
+        return cells
+
+    def _headers(self) -> list[str]:
+        headers = self.key_headers + [METRIC_LABELS[m] for m in self.metrics] + ["n", "failed"]
+        return headers + (["unfinished"] if self.any_unfinished else [])
+
+    def _problem_rows(self, base: Path) -> list[list[str]]:
+        return [[relative(r.path, base), r.status, first_line(r.error) or "-", self.label(g) + f", seed={display(r.seed)}"]
+                for g in self.groups for r in g.failed + g.unfinished]
+
+    def markdown(self, base: Path, grids: list[Grid], metric: str) -> str:
+        lines = ["# kdrun summary", "", self.headline() + ". Accuracy: mean ± sample std over seeds; "
+                 "`n` completed runs.", "", *_md_table(self._headers(), [self._row_cells(g) for g in self.groups])]
+        if self.not_completed:
+            lines += ["", "## Runs that did not complete", "",
+                      *_md_table(["run", "status", "error", "configuration"], self._problem_rows(base))]
+        for grid in grids:
+            lines += ["", f"## {METRIC_LABELS[metric]}: {grid.row} × {grid.col}" + (f" ({grid.title})" if grid.fixed else ""),
+                      "", *_md_table(*_grid_cells(grid, metric))]
+        return "\n".join(lines) + "\n"
+
+    def rich_tables(self, base: Path, grids: list[Grid], metric: str) -> list:
+        """Titles as lines of their own (a table's title would wrap at the table's width)."""
+        out = [_title(f"kdrun summary: {self.headline()}"),
+               _rich_table(self._headers(), [self._row_cells(g) for g in self.groups], right_from=len(self.key_headers))]
+        if self.not_completed:
+            out += [_title("Runs that did not complete"),
+                    _rich_table(["run", "status", "error", "configuration"], self._problem_rows(base), right_from=None)]
+        for grid in grids:
+            headers, rows = _grid_cells(grid, metric)
+            title = f"{METRIC_LABELS[metric]}: {grid.row} (rows) × {grid.col} (columns)"
+            out += [_title(title + (f"  [{grid.title}]" if grid.fixed else "")), _rich_table(headers, rows, right_from=1)]
+        return out
+
+
+def _number(value) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _grid_cells(grid: Grid, metric: str) -> tuple[list[str], list[list[str]]]:
+    headers = [f"{grid.row} \\ {grid.col}"] + [display(c) for c in grid.cols]
+    rows = []
+    for r in grid.rows:
+        cells = [display(r)]
+        for c in grid.cols:
+            g = grid.cell(r, c)
+            if g is None:
+                cells.append("")
+            elif g.stat(metric).n:
+                cells.append(g.stat(metric).text())
+            else:
+                cells.append("failed" if g.failed else "unfinished")
+        rows.append(cells)
+    return headers, rows
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(map(_md_escape, headers)) + " |", "|" + "---|" * len(headers),
+            *("| " + " | ".join(map(_md_escape, row)) + " |" for row in rows)]
+
+
+def _title(text: str) -> Text:
+    return Text(text, style="bold")
+
+
+def _rich_table(headers: list[str], rows: list[list[str]], right_from) -> Table:
+    table = Table()
+    for i, h in enumerate(headers):
+        table.add_column(Text(h), justify="right" if right_from is not None and i >= right_from else "left",
+                         overflow="fold")
+    for row in rows:
+        table.add_row(*(Text(c) for c in row))  # no rich markup in values and error messages
+    return table

@@ -1,0 +1,213 @@
+"""Run a schedule's stages in order: build or continue each stage's model, pick its teacher, wrap
+both in the stage's method, train (or reuse from the teacher cache), report the ensemble.
+
+Every stage's weights have a key: a digest of what produced them (the key of its teacher, the key
+of the weights it started from, its model, dataset, recipe, method, phase, name and seed). A stage
+with `cache: true` stores its model in the teacher cache under that key, so another run whose chain
+shares that prefix loads it instead of training it. Each stage builds its fresh models and method
+helpers from a seed of its own, so its result does not depend on whether earlier stages were
+trained in this process, resumed from a checkpoint or loaded from the cache.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from kdrun.data.base import Dataset
+from kdrun.errors import UserError
+from kdrun.methods import method_class
+from kdrun.methods.base import Distiller
+from kdrun.models import build_model, model_defaults, model_label
+from kdrun.schedules.spec import Stage
+from kdrun.training.checkpoint import load_torch, save_torch
+from kdrun.training.loop import StageResult, epoch_seed, fit
+from kdrun.training.teacher import (CACHE_FORMAT, dataset_identity, digest, entry_path, file_lock,
+                                    model_identity)
+
+log = logging.getLogger("kdrun")
+
+
+@dataclass
+class StageOutcome:
+    stage: Stage
+    model: nn.Module
+    label: str  # the model's name
+    key: str  # what produced the weights (see the module docstring)
+    test_acc: float
+    checkpoint: str  # the file holding the stage's result
+    result: Optional[StageResult] = None  # None when the model came from the teacher cache
+    cached_at: Optional[str] = None  # where a trained `cache: true` stage stored its model
+
+    def record(self) -> dict:
+        entry = {"name": self.stage.name, "model": self.label, "test_acc": self.test_acc,
+                 "checkpoint": self.checkpoint}
+        if self.result is None:
+            entry["reused_from_cache"] = True
+        elif self.result.val_acc is not None:
+            entry["val_acc"] = self.result.val_acc
+        if self.cached_at:
+            entry["cached_at"] = self.cached_at
+        return entry
+
+
+@torch.no_grad()
+def ensemble_accuracy(models: list[nn.Module], data: Dataset, batch_size: int = 1000) -> float:
+    """Top-1 accuracy (%) on the test split of the average of the models' softmax outputs."""
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    correct = torch.zeros((), dtype=torch.long, device=data.device)
+    for _, x, y in data.batches(data.test, batch_size, shuffle=False):
+        probs = sum(F.softmax(m(x).float(), dim=1) for m in models) / len(models)
+        correct += (probs.argmax(1) == y).sum()
+    for m, mode in zip(models, modes):
+        m.train(mode)
+    return round(100.0 * correct.item() / max(len(data.test), 1), 4)
+
+
+def hold_statistics(model: nn.Module, trained: list[nn.Parameter]):
+    """Keep the running statistics (batch norm) of the modules a stage does not train: they run in
+    eval mode in that stage's forwards, so an init stage changes nothing beyond what it trains.
+    Returns the hook's handle; remove it when the stage ends."""
+    ids = {id(p) for p in trained}
+    held = [m for m in model.modules() if next(m.buffers(recurse=False), None) is not None
+            and not any(id(p) in ids for p in m.parameters(recurse=False))]
+
+    def to_eval(module, inputs):
+        for m in held:
+            m.train(False)
+
+    return model.register_forward_pre_hook(to_eval)
+
+
+class ScheduleRunner:
+    def __init__(self, cfg: DictConfig, data: Dataset, run_dir: Path, *, teacher: Optional[nn.Module],
+                 progress: bool, on_epoch: Callable[[dict], None], on_stage: Callable[[list[dict]], None]):
+        self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
+        self.seed = int(cfg.seed)
+        self.teacher = teacher  # the run's teacher; trained (or loaded) before `run`
+        self.teacher_key: Optional[str] = None  # what the run's teacher is (set with its weights)
+        self.progress, self.on_epoch, self.on_stage = progress, on_epoch, on_stage
+        self.distiller: Optional[Distiller] = None
+        self.instances: dict[str, tuple[nn.Module, str]] = {}  # model -> (module, key of its weights)
+
+    def model_cfg(self, stage: Stage) -> DictConfig:
+        if stage.model == "student":
+            return self.cfg.student
+        return OmegaConf.create({"name": stage.model, **model_defaults(stage.model)})
+
+    def checkpoint(self, stage: Stage) -> Path:
+        return self.run_dir / "checkpoints" / f"{stage.name}.pt"
+
+    def check(self, stages: list[Stage]) -> None:
+        """Build every stage's model and method once, untrained, before any training: what a method
+        finds wrong (a feature path that does not exist, a memory bank larger than the data) stops
+        the run before the teacher or any stage trains."""
+        instances: dict[str, nn.Module] = {}
+        previous = None
+        for stage in stages:
+            model = None if stage.fresh else instances.get(stage.model)
+            if model is None:
+                model = build_model(self.model_cfg(stage), self.data.info).to(self.data.device)
+                instances[stage.model] = model
+            method_cls = method_class(str(stage.method_cfg.name))
+            teacher = None
+            if method_cls.uses_teacher:
+                teacher = self.teacher if stage.teacher == "teacher" else previous
+                if teacher is model:
+                    raise UserError(f"Stage {stage.name} would learn from its own model: give it `fresh: true` "
+                                    f"or another teacher.")
+            method_cls(model, teacher, stage.method_cfg, self.data.info).remove_hooks()
+            previous = model
+
+    def run(self, stages: list[Stage]) -> list[StageOutcome]:
+        outcomes: list[StageOutcome] = []
+        for stage in stages:
+            outcome = self.run_stage(stage, outcomes[-1] if outcomes else None)
+            outcomes.append(outcome)
+            self.instances[stage.model] = (outcome.model, outcome.key)
+            self.on_stage([o.record() for o in outcomes])
+        if self.distiller is not None:
+            self.distiller.remove_hooks()
+        return outcomes
+
+    def run_stage(self, stage: Stage, previous: Optional[StageOutcome]) -> StageOutcome:
+        torch.manual_seed(epoch_seed(self.seed, stage.name, 0))
+        model_cfg = self.model_cfg(stage)
+        if stage.fresh or stage.model not in self.instances:
+            model, start_key = build_model(model_cfg, self.data.info).to(self.data.device), None
+        else:
+            model, start_key = self.instances[stage.model]
+            model.requires_grad_(True)  # it may have served as a teacher (frozen) in between
+        method_cls = method_class(str(stage.method_cfg.name))
+        teacher, teacher_key, source = None, None, "no teacher"
+        if method_cls.uses_teacher:
+            if stage.teacher == "teacher":
+                teacher, teacher_key = self.teacher, self.teacher_key
+                source = f"teacher {model_label(self.cfg.teacher)}"
+            else:  # "previous"; the first stage's "previous" was made "teacher" by build_stages
+                teacher, teacher_key = previous.model, previous.key
+                source = f"teacher {previous.label} of stage {previous.stage.name}"
+        label = model_label(model_cfg)
+        key = digest({"teacher": teacher_key, "start": start_key, "model": model_identity(model_cfg),
+                      "dataset": dataset_identity(self.cfg.dataset), "recipe": stage.train_recipe.as_dict(),
+                      "method": OmegaConf.to_container(stage.method_cfg, resolve=True), "phase": stage.phase,
+                      "stage": stage.name, "seed": self.seed, "format": CACHE_FORMAT})
+        if not stage.cache:
+            return self.train(stage, model, teacher, label, key, source)
+        path = entry_path(Path(self.cfg.cache_dir), label, str(self.cfg.dataset.name), self.seed, key)
+        with file_lock(path):  # concurrent runs that need the same model train it once
+            # A stage this run has started (its checkpoint exists) is resumed or loaded from there,
+            # so its history is the same as in an uninterrupted run.
+            if path.exists() and not self.checkpoint(stage).exists():
+                entry = load_torch(path, "cached model")
+                model.load_state_dict(entry["state_dict"])
+                log.info("Stage %s: %s reused from the teacher cache: %s (test acc %.2f%%, no training).",
+                         stage.name, label, path, entry["test_acc"])
+                return StageOutcome(stage, model, label, key, float(entry["test_acc"]), str(path))
+            if not path.exists():
+                log.info("Stage %s: %s not in the teacher cache: training it, then caching it at %s.",
+                         stage.name, label, path)
+            outcome = self.train(stage, model, teacher, label, key, source)
+            save_torch(path, {"state_dict": model.state_dict(), "test_acc": outcome.test_acc, "model": label,
+                              "dataset": str(self.cfg.dataset.name), "recipe": stage.train_recipe.as_dict(),
+                              "seed": self.seed, "stage": stage.name, "teacher_key": teacher_key})
+            outcome.cached_at = str(path)
+            return outcome
+
+    def method_for(self, stage: Stage, model: nn.Module, teacher: Optional[nn.Module]) -> Distiller:
+        """The stage's method around (model, teacher); the previous stage's when it is the same
+        method on the same models, so helpers trained in an init stage (regressors) carry over."""
+        d = self.distiller
+        if (d is not None and d.student is model and d.teacher is teacher
+                and OmegaConf.to_container(d.cfg, resolve=True) == OmegaConf.to_container(stage.method_cfg, resolve=True)):
+            return d
+        if d is not None:
+            d.remove_hooks()
+        self.distiller = method_class(str(stage.method_cfg.name))(model, teacher, stage.method_cfg, self.data.info)
+        return self.distiller.to(self.data.device)
+
+    def train(self, stage: Stage, model: nn.Module, teacher: Optional[nn.Module], label: str, key: str,
+              source: str) -> StageOutcome:
+        distiller = self.method_for(stage, model, teacher)
+        distiller.phase = stage.phase
+        parameters = distiller.init_parameters() if stage.phase == "init" else None
+        held = hold_statistics(model, parameters) if parameters is not None else None
+        log.info("Stage %s: %s, method %s%s, %s, %d epochs.", stage.name, label, stage.method_cfg.name,
+                 " (initialisation phase)" if stage.phase == "init" else "", source, stage.train_recipe.epochs)
+        try:
+            result = fit(distiller, self.data, stage.train_recipe, stage=stage.name, seed=self.seed,
+                         checkpoint=self.checkpoint(stage), progress=self.progress, on_epoch=self.on_epoch,
+                         parameters=parameters)
+        finally:
+            distiller.phase = "main"
+            if held is not None:
+                held.remove()
+        return StageOutcome(stage, model, label, key, result.test_acc, str(self.checkpoint(stage)), result)

@@ -1,0 +1,144 @@
+"""A schedule is data: `schedule.stages` in the config, a list of stages run in order.
+
+Each stage says what it trains (`model`), from which teacher, with which loss (`method`, `phase`),
+with which recipe, and what becomes of its model (`cache`, `ensemble`). An entry with `for_each`
+is a template: it becomes one stage per item of a list (or per number 1..N for an integer), with
+`{item}` and `{index}` (1-based) replaced in its string fields.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
+
+from kdrun.errors import UserError, require
+from kdrun.methods import METHODS, method_class
+from kdrun.models import MODELS
+from kdrun.training.recipe import Recipe
+from kdrun.training.speed import with_speed_keys
+
+TEACHERS = ("teacher", "previous", "none")
+PHASES = ("main", "init")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # shown in logs, `history` and `stages` of metrics.json; names the stage's checkpoint
+    model: str = "student"  # `student` (the run's student) or a model name of the zoo (an assistant)
+    fresh: bool = False  # a new, randomly initialised instance, not the one earlier stages trained
+    teacher: str = "previous"  # `teacher` (the run's), `previous` (the previous stage's model), `none`
+    method: Any = "method"  # config path of the method node (`method`: the run's), or an inline node
+    phase: str = "main"  # `init`: the method's initialisation stage (its init losses and parameters)
+    recipe: str = "train"  # config path of the stage's recipe
+    cache: bool = False  # the trained model goes into the teacher cache (and is reused from it)
+    ensemble: bool = False  # the model is a member of the ensemble whose accuracy the run reports
+
+    # Filled by `build_stages` from the config: the resolved method node and recipe.
+    method_cfg: Optional[DictConfig] = None
+    train_recipe: Optional[Recipe] = None
+
+
+SPEC_KEYS = [f.name for f in fields(Stage) if f.name not in ("method_cfg", "train_recipe")]
+
+
+def expand(entries: list, where: str) -> list[dict]:
+    """Stage entries with `for_each` templates replaced by one entry per item."""
+    out = []
+    for n, entry in enumerate(entries):
+        require(isinstance(entry, dict), f"{where}[{n}] must be a mapping of stage keys ({', '.join(SPEC_KEYS)}).")
+        if "for_each" not in entry:
+            out.append(entry)
+            continue
+        items = entry["for_each"]
+        if isinstance(items, int) and not isinstance(items, bool):
+            require(items >= 0, f"{where}[{n}].for_each must be a list or a count of 0 or more, got {items}.")
+            items = list(range(1, items + 1))
+        require(isinstance(items, list), f"{where}[{n}].for_each must be a list or a count, got {items!r}.")
+        template = {k: v for k, v in entry.items() if k != "for_each"}
+        for index, item in enumerate(items, start=1):
+            try:
+                out.append({k: v.format(item=item, index=index) if isinstance(v, str) else v
+                            for k, v in template.items()})
+            except (KeyError, ValueError, IndexError) as e:
+                raise UserError(f"{where}[{n}]: a for_each template may use only {{item}} and {{index}} "
+                                f"in its strings ({type(e).__name__}: {e}).") from None
+    return out
+
+
+def require_complete(cfg: DictConfig) -> None:
+    """Values a config leaves open (`???`, e.g. takd's `schedule.assistants`) must be given."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except (MissingMandatoryValue, InterpolationToMissingValueError) as e:
+        missing = str(e).splitlines()[0].rpartition("Missing mandatory value: ")[2]
+        raise UserError(f"The config leaves {missing} open: set it on the command line (e.g. "
+                        f"schedule.assistants=[resnet20] for schedule=takd; the schedule's file in "
+                        f"conf/schedule/ says what each key means).") from None
+
+
+def parse_stage(entry: dict, where: str) -> Stage:
+    unknown = sorted(set(entry) - set(SPEC_KEYS))
+    require(not unknown, f"Unknown key(s) {unknown} in {where}. Valid stage keys: {', '.join(SPEC_KEYS)}, for_each.")
+    require("name" in entry, f"{where} has no `name`. Every stage needs a name (it names its checkpoint).")
+    stage = Stage(**entry)
+    require(stage.teacher in TEACHERS, f"{where}.teacher is {stage.teacher!r}; valid: {', '.join(TEACHERS)}.")
+    require(stage.phase in PHASES, f"{where}.phase is {stage.phase!r}; valid: {', '.join(PHASES)}.")
+    require(isinstance(stage.method, (str, dict)),
+            f"{where}.method must be a config path (e.g. `method`) or a method node, got {stage.method!r}.")
+    return stage
+
+
+def resolve_node(cfg: DictConfig, path: str, what: str, where: str) -> DictConfig:
+    node = OmegaConf.select(cfg, path)
+    if not isinstance(node, DictConfig):
+        raise UserError(f"{where}.{what} names the config path {path!r}, which holds no config node. "
+                        f"Give the path of a {what} node (e.g. `train`, `schedule.kd`).")
+    return node
+
+
+def build_stages(cfg: DictConfig) -> list[Stage]:
+    """The stages of the run's schedule, expanded and checked (before any training)."""
+    where = f"schedule={cfg.schedule.name}: schedule.stages"
+    require_complete(cfg)
+    raw = OmegaConf.to_container(cfg.schedule.get("stages") or [], resolve=True)
+    require(isinstance(raw, list), f"{where} must be a list of stages.")
+    entries = expand(raw, where)
+    require(entries, f"{where} is empty: a schedule needs at least one stage.")
+    stages, names = [], set()
+    for n, entry in enumerate(entries):
+        here = f"{where}[{n}]"
+        stage = parse_stage(entry, here)
+        require(stage.name not in names, f"Two stages of schedule {cfg.schedule.name} are named {stage.name!r}; "
+                                         f"stage names must be unique (they name the checkpoints).")
+        names.add(stage.name)
+        if n == 0 and stage.teacher == "previous":  # the first stage's predecessor is the run's teacher
+            stage = replace(stage, teacher="teacher")
+        method_cfg = (resolve_node(cfg, stage.method, "method", here) if isinstance(stage.method, str)
+                      else OmegaConf.create(stage.method))
+        require("name" in method_cfg, f"{here}.method has no `name` (a method name, e.g. kd or ce).")
+        recipe_node = with_speed_keys(resolve_node(cfg, stage.recipe, "recipe", here), cfg.get("train"))
+        recipe = Recipe.from_config(recipe_node, stage.recipe)
+        stage = replace(stage, method_cfg=method_cfg, train_recipe=recipe)
+        check_stage(stage, here)
+        stages.append(stage)
+    return stages
+
+
+def check_stage(stage: Stage, where: str) -> None:
+    if stage.model != "student":
+        MODELS.get(stage.model)  # an unknown name lists the valid ones
+    method_cls = method_class(str(stage.method_cfg.name))
+    method_cls.validate(stage.method_cfg)
+    if stage.phase == "init":
+        require(method_cls.has_init_stage,
+                f"{where} is the initialisation stage of method {stage.method_cfg.name!r}, which has none. "
+                f"Methods with an initialisation stage: {', '.join(init_stage_methods())}.")
+    require(stage.teacher != "none" or not method_cls.uses_teacher,
+            f"{where} has teacher `none` but its method {stage.method_cfg.name!r} needs a teacher; "
+            f"use teacher `teacher` or `previous`, or a method without a teacher (ce).")
+
+
+def init_stage_methods() -> list[str]:
+    return [n for n in METHODS.names() if METHODS.get(n).has_init_stage]

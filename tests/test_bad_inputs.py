@@ -1,0 +1,237 @@
+"""Every bad input of the contract ends the run with a non-zero status, a message that names the problem
+and the fix, and no Python traceback.
+
+Each kind of mistake is run through the CLI: in this process (`inprocess.kdrun_in_process`: the same
+entry point, no interpreter start-up) and, for the output directory, as a separate process. The many
+values of each kind are checked on the functions the CLI calls, on a config composed once.
+"""
+import copy
+import json
+import re
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import QUICK, compose_config, kdrun_cli, read_json
+from inprocess import kdrun_in_process, one_cpu_thread  # noqa: F401  (autouse fixture)
+from kdrun.config_check import check_config
+from kdrun.errors import UserError
+from kdrun.models.mlp import MLP
+from kdrun.training.recipe import Recipe
+from kdrun.training.run import run
+
+QUICK_CHOICES = {"dataset": "synthetic", "method": "kd", "schedule": "single", "teacher": "mlp", "student": "mlp"}
+_quick = []
+
+
+def quick_config(**values):
+    """QUICK composed once; `values` set by key path, as an override would (key paths with dots: **{...})."""
+    if not _quick:
+        _quick.append(compose_config(QUICK))
+    cfg = copy.deepcopy(_quick[0])
+    for key, value in values.items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    return cfg
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    def call(*args):
+        flags = [a for a in args if a.startswith("-")]
+        overrides = [a for a in args if not a.startswith("-")]
+        return kdrun_in_process([*flags, *QUICK, *overrides], tmp_path, monkeypatch, capsys)
+    return call
+
+
+def assert_refused(code, out, *needles, status=2):
+    assert code == status, out
+    assert "Traceback" not in out, out
+    for needle in needles:
+        assert needle in out, (needle, out)
+
+
+# Unknown group names and unknown keys: Hydra's own messages, before kdrun runs.
+@pytest.mark.parametrize("override,needles", [
+    ("student=nope", ["Could not find 'student/nope'", "mlp_800"]),
+    ("method.Tx=3", ["Could not override 'method.Tx'", "Key 'Tx' is not in struct"]),
+])
+def test_unknown_names_and_keys_get_hydras_message(cli, override, needles):
+    assert_refused(*cli(override), *needles, status=1)
+
+
+def test_a_key_added_with_plus_that_no_config_has_is_refused(cli):
+    assert_refused(*cli("+method.Tx=3"), "method.Tx is not a key", "T, alpha")
+
+
+def test_wrong_type_through_the_cli(cli):
+    assert_refused(*cli("train.epochs=abc"), "train.epochs=abc: expected an integer (the default is 30)")
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("train.epochs", "abc", "train.epochs=abc: expected an integer"),
+    ("train.epochs", 2.5, "train.epochs=2.5: expected an integer"),
+    ("teacher.train.batch_size", "x", "teacher.train.batch_size=x: expected an integer"),
+    ("method.T", "abc", "method.T=abc: expected a number"),
+    ("method.T", None, "method.T=null: expected a number"),
+    ("method.alpha", [1], "method.alpha=[1]: expected a number"),
+    ("train.lr", float("inf"), "train.lr=inf: expected a finite number"),
+    ("seed", 1.5, "seed=1.5: expected an integer"),
+    ("student.hidden", "abc", "student.hidden=abc: expected a list"),
+    ("student.hidden", ["a"], "student.hidden[0]=a: expected an integer"),
+    ("train.nesterov", "maybe", "train.nesterov=maybe: expected true or false"),
+    ("train.milestones", 5, "train.milestones=5: expected a list"),
+    ("dataset.train_size", "abc", "dataset.train_size=abc: expected an integer"),
+    ("dataset.noise", True, "dataset.noise=True: expected a number"),
+    ("train.epochs", "${nope}", "cannot be resolved: Interpolation key 'nope' not found"),
+])
+def test_wrong_types_name_the_key(key, value, needle):
+    with pytest.raises(UserError, match=re.escape(needle)):
+        check_config(quick_config(**{key: value}), QUICK_CHOICES)
+
+
+def test_null_where_it_means_something_and_right_types_pass():
+    check_config(quick_config(**{"method.ce_weight": 0.5, "dataset.train_size": None, "train.lr": 1,
+                                 "train.milestones": None, "student.hidden": [8, 8]}), QUICK_CHOICES)
+
+
+def test_impossible_value_through_the_cli(cli, tmp_path):
+    code, out = cli("method.alpha=1.5", f"hydra.run.dir={tmp_path / 'run'}")
+    assert_refused(code, out, "method.alpha weights the soft-target term and must lie in [0, 1], got 1.5")
+    assert read_json(tmp_path / "run" / "metrics.json")["status"] == "failed"
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("method.T", -1.0, "method.T (temperature) must be positive"),
+    ("method.T", 0.0, "method.T (temperature) must be positive"),
+    ("method.alpha", -0.1, "method.alpha weights the soft-target term and must lie in [0, 1]"),
+    ("train.epochs", 0, "train.epochs must be at least 1"),
+    ("teacher.train.epochs", -2, "teacher.train.epochs must be at least 1"),
+    ("train.lr", -0.1, "train.lr must be positive"),
+    ("train.batch_size", 0, "train.batch_size must be at least 1"),
+    ("dataset.train_size", -5, "dataset.train_size must be a positive number or null"),
+    ("dataset.test_size", 0, "dataset.test_size must be a positive number or null"),
+    ("dataset.val_size", -1, "dataset.val_size must be 0 or more"),
+    ("dataset.val_size", 100000, "dataset.val_size=100000 leaves no training data"),
+    ("dataset.num_classes", 1, "dataset.num_classes must be at least 2"),
+    ("device", "tpu", "Use auto, cpu, cuda or cuda:N"),
+])
+def test_impossible_values_are_refused_before_training(tmp_path, key, value, needle):
+    with pytest.raises(UserError, match=re.escape(needle)):
+        run(quick_config(**{key: value}), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("epochs", -2, "epochs must be at least 1"), ("batch_size", 0, "batch_size must be at least 1"),
+    ("momentum", 1.0, "momentum must lie in [0, 1)"), ("weight_decay", -1e-4, "weight_decay must be 0 or more"),
+    ("gamma", 0.0, "gamma must be positive"), ("milestones", [0], "milestones are epochs"),
+    ("batch_size", "x", "batch_size=x: expected an integer"), ("lr", float("nan"), "lr=nan: expected a finite"),
+    ("milestones", ["a"], "milestones=['a']: expected a list of epochs"),
+    ("nesterov", "yes", "nesterov=yes: expected true or false"),
+])
+def test_every_recipe_key_refuses_impossible_values_and_wrong_types(key, value, needle):
+    cfg = OmegaConf.merge(quick_config().teacher.train, {key: value})
+    with pytest.raises(UserError, match=re.escape(f"teacher.train.{needle}")):
+        Recipe.from_config(cfg, "teacher.train")
+
+
+def save_mlp(path, num_classes=10, hidden=(32,), image_size=8):
+    torch.save(MLP(num_classes, 3, (image_size, image_size), hidden=hidden).state_dict(), path)
+
+
+@pytest.mark.parametrize("kind", ["architecture", "class count", "input size"])
+def test_teacher_checkpoint_of_another_model_is_refused(cli, tmp_path, kind):
+    path = tmp_path / "teacher.pt"
+    save_mlp(path, **{"architecture": {"hidden": (64,)}, "class count": {"num_classes": 5},
+                      "input size": {"image_size": 16}}[kind])
+    assert_refused(*cli(f"teacher.checkpoint={path}"), f"teacher.checkpoint {path} does not fit teacher=mlp",
+                   "size mismatch")
+
+
+def test_teacher_checkpoint_that_fits_is_used(cli, tmp_path):
+    path = tmp_path / "teacher.pt"
+    save_mlp(path)
+    code, out = cli(f"teacher.checkpoint={path}")
+    assert code == 0, out
+    assert f"loaded from {path}" in out
+
+
+def test_missing_or_corrupt_teacher_checkpoint_is_refused(cli, tmp_path):
+    missing = tmp_path / "nowhere.pt"
+    assert_refused(*cli(f"teacher.checkpoint={missing}"), f"{missing} does not exist", "teacher.checkpoint=null")
+    corrupt = tmp_path / "corrupt.pt"
+    save_mlp(corrupt)
+    corrupt.write_bytes(corrupt.read_bytes()[:100])  # a download that broke off
+    assert_refused(*cli(f"teacher.checkpoint={corrupt}"), f"teacher checkpoint {corrupt} cannot be read")
+    text = tmp_path / "notes.pt"
+    text.write_text("not weights")
+    assert_refused(*cli(f"teacher.checkpoint={text}"), f"{text} cannot be read")
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10", "cifar100"])
+def test_missing_dataset_files_are_named_with_the_fix(tmp_path, monkeypatch, capsys, dataset):
+    empty = tmp_path / "data"
+    empty.mkdir()
+    args = [f"dataset={dataset}", f"dataset.root={empty}", "dataset.download=false", "method=ce",
+            "train.epochs=1", "progress=false"]
+    code, out = kdrun_in_process(args, tmp_path, monkeypatch, capsys)
+    assert_refused(code, out, str(empty), "download")
+
+
+@pytest.mark.parametrize("dataset,folder,names", [
+    ("mnist", "MNIST/raw", ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                            "t10k-labels-idx1-ubyte"]),
+    ("cifar10", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]),
+])
+def test_corrupt_dataset_files_are_named(tmp_path, monkeypatch, capsys, dataset, folder, names):
+    files = tmp_path / "data" / folder
+    files.mkdir(parents=True)
+    for name in names:
+        (files / name).write_bytes(b"\x00\x01 not what it should be" * 4)
+    args = [f"dataset={dataset}", f"dataset.root={tmp_path / 'data'}", "method=ce", "train.epochs=1", "progress=false"]
+    code, out = kdrun_in_process(args, tmp_path, monkeypatch, capsys)
+    assert_refused(code, out, str(files / names[0]), "Replace it")
+
+
+def test_unwritable_output_directory_as_a_user_sees_it(tmp_path):
+    blocker = tmp_path / "file.txt"  # a file where a directory should be: unwritable even for root
+    blocker.write_text("")
+    proc = kdrun_cli([*QUICK, f"hydra.run.dir={blocker}/run"], cwd=tmp_path)
+    assert_refused(proc.returncode, proc.stdout + proc.stderr, f"{blocker}/run cannot be written", "hydra.run.dir=")
+
+
+def test_unwritable_sweep_directory_and_cache(cli, tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("")
+    assert_refused(*cli("-m", f"hydra.sweep.dir={blocker}/sweep", "method.T=2,4"),
+                   f"{blocker}/sweep cannot be written", "hydra.sweep.dir=")
+    assert_refused(*cli(f"cache_dir={blocker}/cache"), "cache_dir=", "is a file, not a directory")
+
+
+def test_corrupt_checkpoint_on_resume_is_refused_by_name(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    run(compose_config([*QUICK, "train.epochs=2"]), run_dir)
+    metrics = read_json(run_dir / "metrics.json")
+    (run_dir / "metrics.json").write_text(json.dumps({**metrics, "status": "interrupted"}))  # as if killed
+    checkpoint = run_dir / "checkpoints" / "kd.pt"
+    good = checkpoint.read_bytes()
+    checkpoint.write_bytes(good[: len(good) // 2])
+    assert_refused(*cli("train.epochs=2", f"hydra.run.dir={run_dir}"), f"{checkpoint} cannot be read",
+                   "does not start over")
+    assert checkpoint.stat().st_size == len(good) // 2  # left as it was for the user to look at
+    torch.save({"epoch": 1}, checkpoint)  # a readable file, but not a checkpoint of this stage
+    assert_refused(*cli("train.epochs=2", f"hydra.run.dir={run_dir}"), f"{checkpoint} does not belong")
+    checkpoint.write_bytes(good)
+    code, out = cli("train.epochs=2", f"hydra.run.dir={run_dir}")
+    assert code == 0, out
+    assert read_json(run_dir / "metrics.json")["status"] == "completed"
+
+
+def test_another_configuration_in_the_same_directory_is_refused_and_left_alone(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    run(compose_config(QUICK), run_dir)
+    metrics = read_json(run_dir / "metrics.json")
+    (run_dir / "metrics.json").write_text(json.dumps({**metrics, "status": "interrupted"}))
+    assert_refused(*cli("method.T=2", f"hydra.run.dir={run_dir}"), "another configuration")
+    assert read_json(run_dir / "metrics.json")["status"] == "interrupted"  # the other run's record is kept
