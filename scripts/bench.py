@@ -20,6 +20,7 @@ import argparse
 import copy
 import dataclasses
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -61,8 +62,8 @@ def compose(args) -> "DictConfig":  # noqa: F821
         return hydra_compose("config", overrides=overrides + list(args.overrides))
 
 
-def time_kdrun(cfg, device, student, teacher, warmup_batches: int) -> tuple[float, str]:
-    """Images/s of kdrun's `fit` over the training split (after a short warm-up stage)."""
+def kdrun_loop(cfg, device, student, teacher, warmup_batches: int):
+    """A function timing one epoch of kdrun's `fit` over the training split (images/s), after a warm-up."""
     data = build_dataset(cfg.dataset, device)
     if cfg.dataset.get("augment") and not data.augment:
         raise SystemExit("This kdrun has no on-device augmentation (dataset.augment), so the comparison "
@@ -72,8 +73,12 @@ def time_kdrun(cfg, device, student, teacher, warmup_batches: int) -> tuple[floa
     n_warm = min(len(data.train), warmup_batches * recipe.batch_size)
     warm = dataclasses.replace(data, train=data.train.take(torch.arange(n_warm, device=device)))
     fit(distiller, warm, recipe, stage="warmup", seed=1)
-    result = fit(distiller, data, recipe, stage="bench", seed=0)
-    return result.train_images / result.train_seconds, Speed.resolve(recipe, device).describe()
+
+    def one_epoch(round_: int) -> float:
+        result = fit(distiller, data, recipe, stage=f"bench{round_}", seed=round_)
+        return result.train_images / result.train_seconds
+
+    return one_epoch, Speed.resolve(recipe, device).describe()
 
 
 class PILImages(torch.utils.data.Dataset):
@@ -104,8 +109,9 @@ def accuracy(output, target, topk=(1, 5)):
     return [correct[:k].reshape(-1).float().sum(0) * 100.0 / target.size(0) for k in topk]
 
 
-def time_reference(cfg, device, student, teacher, workers: int, augment: bool, warmup_batches: int) -> float:
-    """Images/s of a RepDistiller-style epoch over the same images (worker start-up excluded)."""
+def reference_loop(cfg, device, student, teacher, workers: int, augment: bool, warmup_batches: int):
+    """A function timing one RepDistiller-style epoch over the same images (images/s, worker start-up
+    excluded), after a warm-up."""
     import torchvision.transforms as T
 
     raw = build_dataset(cfg.dataset, torch.device("cpu")).train
@@ -149,7 +155,7 @@ def time_reference(cfg, device, student, teacher, workers: int, augment: bool, w
                                            num_workers=workers, pin_memory=device.type == "cuda")
 
     epoch(loader(), limit=warmup_batches)
-    return epoch(loader())
+    return lambda round_: epoch(loader())
 
 
 def main(argv=None) -> None:
@@ -168,6 +174,9 @@ def main(argv=None) -> None:
                              f"capped at the cores available)")
     parser.add_argument("--no-augment", dest="augment", action="store_false",
                         help="no crop/flip on either side (kdrun may then cache the teacher's outputs)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternate the two loops this many times and report the median of each "
+                             "(fairer on a machine whose load changes)")
     parser.add_argument("--no-reference", dest="reference", action="store_false")
     parser.add_argument("overrides", nargs="*", help="kdrun config overrides, e.g. train.precision=fp32")
     args = parser.parse_args(argv)
@@ -190,18 +199,25 @@ def main(argv=None) -> None:
     print(f"{args.teacher} -> {args.student}, {args.method}, batch {args.batch_size}, {args.images} images, "
           f"{'crop+flip augmentation' if args.augment else 'no augmentation'}; {where}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, load average {load:.2f}")
-    kd_rate, setup = time_kdrun(cfg, device, student, teacher, args.warmup_batches)
-    rows = [("kdrun", setup, kd_rate)]
+    loops = [("kdrun",) + kdrun_loop(cfg, device, student, teacher, args.warmup_batches)]
     if args.reference:
-        ref_rate = time_reference(cfg, device, ref_student, ref_teacher, workers, args.augment, args.warmup_batches)
-        rows.append(("reference (RepDistiller-style)", f"fp32, NCHW, DataLoader+PIL, {workers} workers", ref_rate))
+        ref = reference_loop(cfg, device, ref_student, ref_teacher, workers, args.augment, args.warmup_batches)
+        loops.append(("reference (RepDistiller-style)", ref, f"fp32, NCHW, DataLoader+PIL, {workers} workers"))
+    rates = {name: [] for name, _, _ in loops}
+    for round_ in range(args.rounds):
+        for name, one_epoch, _ in loops:
+            rates[name].append(one_epoch(round_))
     print(f"{'loop':32s} {'setup':44s} {'images/s':>9s} {'ms/batch':>9s} {'CIFAR-100 epoch':>16s}")
-    for name, setup, rate in rows:
+    for name, _, setup in loops:
+        rate = statistics.median(rates[name])
         print(f"{name:32s} {setup:44s} {rate:9.1f} {1000 * args.batch_size / rate:9.1f} "
               f"{CIFAR100_IMAGES / rate:15.1f}s")
     if args.reference:
-        print(f"kdrun / reference: {kd_rate / ref_rate:.2f}x "
-              f"(load average {os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan'):.2f} at the end)")
+        kd, ref = (statistics.median(rates[name]) for name, _, _ in loops)
+        per_round = ", ".join(f"{a / b:.2f}" for a, b in zip(*rates.values()))
+        end_load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"kdrun / reference: {kd / ref:.2f}x" + (f" (rounds: {per_round})" if args.rounds > 1 else "")
+              + f"; load average {end_load:.2f} at the end")
 
 
 if __name__ == "__main__":

@@ -235,6 +235,15 @@ def test_bench_script_runs_both_loops(capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     bench.main(["--teacher", "mlp", "--student", "mlp", "--batch-size", "16", "--images", "48", "--workers", "0",
-                "--warmup-batches", "1", "--no-augment", "teacher.hidden=[16]", "student.hidden=[8]", "device=cpu"])
+                "--warmup-batches", "1", "--rounds", "2", "--no-augment", "teacher.hidden=[16]", "student.hidden=[8]", "device=cpu"])
     out = capsys.readouterr().out
-    assert "kdrun / reference:" in out and "reference (RepDistiller-style)" in out and "CIFAR-100 epoch" in out
+    assert "kdrun / reference:" in out and "rounds:" in out and "reference (RepDistiller-style)" in out and "CIFAR-100 epoch" in out
+
+
+def test_every_stage_of_a_schedule_follows_the_speed_keys_of_train():
+    from kdrun.schedules import build_stages
+
+    cfg = compose_config(["schedule=fitnet", "method=fitnet", "train.precision=fp32", "train.compile=true"])
+    stages = build_stages(cfg)
+    assert len(stages) == 2 and all(s.train_recipe.precision == "fp32" and s.train_recipe.compile for s in stages)
+    assert Recipe.from_config(cfg.teacher.train).precision == "fp32"

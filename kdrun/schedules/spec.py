@@ -17,6 +17,7 @@ from kdrun.errors import UserError, require
 from kdrun.methods import METHODS, method_class
 from kdrun.models import MODELS
 from kdrun.training.recipe import Recipe
+from kdrun.training.speed import with_speed_keys
 
 TEACHERS = ("teacher", "previous", "none")
 PHASES = ("main", "init")
@@ -117,7 +118,8 @@ def build_stages(cfg: DictConfig) -> list[Stage]:
         method_cfg = (resolve_node(cfg, stage.method, "method", here) if isinstance(stage.method, str)
                       else OmegaConf.create(stage.method))
         require("name" in method_cfg, f"{here}.method has no `name` (a method name, e.g. kd or ce).")
-        recipe = Recipe.from_config(resolve_node(cfg, stage.recipe, "recipe", here), stage.recipe)
+        recipe_node = with_speed_keys(resolve_node(cfg, stage.recipe, "recipe", here), cfg.get("train"))
+        recipe = Recipe.from_config(recipe_node, stage.recipe)
         stage = replace(stage, method_cfg=method_cfg, train_recipe=recipe)
         check_stage(stage, here)
         stages.append(stage)
