@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue, OmegaConfBaseException
 
 from kdrun.configs import CONFIG_DIR
@@ -47,21 +47,43 @@ _defaults: dict = {}  # per process: a sweep's jobs share their group choices
 
 
 def default_config(choices: Mapping[str, Optional[str]], config_name: str = "config") -> Optional[dict]:
-    """The config of these group choices without value overrides, or None when it cannot be composed."""
-    overrides = [f"{group}={option}" for group, option in choices.items()
-                 if option is not None and not group.startswith("hydra")]
+    """The config of these group choices without value overrides, or None when it cannot be composed.
+    The caller must not modify it (it is shared)."""
+    overrides = tuple(f"{group}={option}" for group, option in choices.items()
+                      if option is not None and not group.startswith("hydra"))
+    in_app = GlobalHydra.instance().is_initialized()  # inside the app: its search path (-cd included)
     try:
-        if GlobalHydra.instance().is_initialized():  # inside the app: its search path (-cd included)
-            sources = tuple(s.path for s in GlobalHydra.instance().config_loader().get_sources())
-            key = (config_name, tuple(overrides), sources)
-            if key not in _defaults:
-                _defaults[key] = OmegaConf.to_container(compose(config_name, overrides=overrides), resolve=True)
-            return _defaults[key]
-        with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-            return OmegaConf.to_container(compose(config_name, overrides=overrides), resolve=True)
+        sources = tuple(s.path for s in GlobalHydra.instance().config_loader().get_sources()) if in_app \
+            else (CONFIG_DIR,)
+        key = (config_name, overrides, sources)
+        if key not in _defaults:
+            if in_app:
+                cfg = compose(config_name, overrides=list(overrides))
+            else:
+                with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+                    cfg = compose(config_name, overrides=list(overrides))
+            _defaults[key] = plain_values(cfg)
+        return _defaults[key]
     except Exception as e:  # a check that cannot be made must not stop a run
         log.debug("No default config to check types against (%s).", e)
         return None
+
+
+def plain_values(node: Any) -> Any:
+    """Resolved where possible: a default that is left open (`???`, and what points to it) becomes None,
+    which the check treats as "any type"."""
+    try:
+        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    except OmegaConfBaseException:
+        if isinstance(node, ListConfig):
+            return OmegaConf.to_container(node, resolve=False)
+        out = {}
+        for key in node:
+            try:
+                out[key] = plain_values(node[key])
+            except OmegaConfBaseException:
+                out[key] = None
+        return out
 
 
 def check_config(cfg: DictConfig, choices: Mapping[str, Optional[str]], config_name: str = "config") -> None:

@@ -3,10 +3,15 @@ import itertools
 
 import pytest
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
 from conftest import compose_config, group_options
+from kdrun.configs import CONFIG_DIR, register_configs
 from kdrun.models import MODELS
 
 GROUPS = ("dataset", "method", "schedule")
+DEFAULT_DATASET = "digits"
 
 
 def test_every_contract_group_exists():
@@ -25,11 +30,17 @@ def test_defaults_compose_to_the_embedded_run():
 
 
 def test_every_combination_of_group_options_composes():
-    options = [group_options(g) for g in GROUPS]
-    for combo in itertools.product(*options):
-        cfg = compose_config([f"{g}={o}" for g, o in zip(GROUPS, combo)])
-        for g, o in zip(GROUPS, combo):
-            assert cfg[g].name == o or g == "schedule"
+    """method x schedule in full (they interact through stage specs); each dataset with each schedule."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    methods, schedules, datasets = (group_options(g) for g in GROUPS[1:] + GROUPS[:1])
+    combos = [(DEFAULT_DATASET, m, s) for m, s in itertools.product(methods, schedules)]
+    combos += [(d, "kd", s) for d, s in itertools.product(datasets, schedules)]
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        for combo in combos:
+            cfg = compose("config", overrides=[f"{g}={o}" for g, o in zip(GROUPS, combo)])
+            assert (cfg.dataset.name, cfg.method.name) == combo[:2]
+            assert cfg.schedule.name == combo[2]
 
 
 def test_every_registered_model_is_a_teacher_and_a_student_option():

@@ -454,3 +454,27 @@ def test_short_run_completes(name, tmp_path):
     assert metrics["status"] == "completed" and metrics["method"] == name
     terms = set(metrics["history"][-1]["losses"])
     assert "ce" in terms and len(terms) >= 2
+
+
+# One same-family and one heterogeneous pair of the zoo (the CRD table's), tiny data, one epoch;
+# each pair's teacher is trained once and shared by the methods through one cache.
+ZOO_PAIRS = [("wrn40_2", "wrn16_2"), ("resnet32x4", "shufflenetv2")]
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("teachers")
+
+
+@pytest.mark.parametrize("teacher,student", ZOO_PAIRS)
+@pytest.mark.parametrize("name", OURS)
+def test_zoo_pairs_run(name, teacher, student, shared_cache, tmp_path):
+    overrides = ["dataset=synthetic", "dataset.train_size=64", "dataset.test_size=32", "dataset.image_size=8",
+                 "train.epochs=1", "train.batch_size=32", "teacher.train.epochs=1", "teacher.train.batch_size=32",
+                 "progress=false", f"teacher={teacher}", f"student={student}", f"method={name}",
+                 f"cache_dir={shared_cache}"]
+    overrides += ["method.nce_k=16"] if name == "crd" else []
+    metrics = run(compose_config(overrides), tmp_path / "run")
+    assert metrics["status"] == "completed" and (metrics["teacher"], metrics["student"]) == (teacher, student)
+    losses = metrics["history"][-1]["losses"]
+    assert "ce" in losses and len(losses) >= 2 and all(math.isfinite(v) for v in losses.values())

@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, kdrun_cli, read_json
+from conftest import REPO, read_json
 from kdrun.errors import UserError
 from kdrun.training.checkpoint import atomic_write, save_torch
 from kdrun.training.signals import RunInterrupted, interrupts_raise
@@ -79,7 +79,8 @@ def assert_same_as_reference(run_dir, reference_dir):
     assert all(torch.equal(weights[k], expected[k]) for k in expected)  # bit for bit
 
 
-def test_sigkill_in_the_middle_of_an_epoch_then_the_same_command_resumes_exactly(reference, tmp_path):
+def test_sigkill_in_the_middle_of_an_epoch_then_the_same_command_resumes_exactly(reference, tmp_path, monkeypatch,
+                                                                                   capsys):
     run_dir, marker = tmp_path / "run", tmp_path / "paused"
     args, env = [*RUN, f"hydra.run.dir={run_dir}"], {**reference["env"], "KDRUN_TEST_PAUSE": f"{MID_EPOCH_2}:{marker}"}
     proc = start(args, tmp_path, env)
@@ -90,9 +91,9 @@ def test_sigkill_in_the_middle_of_an_epoch_then_the_same_command_resumes_exactly
     assert proc.returncode == -signal.SIGKILL
     assert read_json(run_dir / "metrics.json")["status"] == "running"  # nobody could record anything
 
-    again = kdrun_cli(args, cwd=tmp_path, env=env)  # the same command; the marker exists, so no pause
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "resuming from" in again.stdout and "after epoch 1" in again.stdout
+    code, out = kdrun_in_process(args, tmp_path, monkeypatch, capsys)  # the same command, in this process
+    assert code == 0, out
+    assert f"resuming from {run_dir / 'checkpoints' / 'kd.pt'} after epoch 1" in out
     assert_same_as_reference(run_dir, reference["dir"])
 
 

@@ -49,10 +49,13 @@ def stage_snapshots(monkeypatch):
     snapshots = {}
     real_fit = runner_module.fit
 
+    def tensors(distiller):
+        return {k: v.clone() for k, v in distiller.state_dict().items() if isinstance(v, torch.Tensor)}
+
     def fit(distiller, *args, stage, **kwargs):
-        before = {k: v.clone() for k, v in distiller.state_dict().items()}
+        before = tensors(distiller)
         result = real_fit(distiller, *args, stage=stage, **kwargs)
-        snapshots[stage] = (before, {k: v.clone() for k, v in distiller.state_dict().items()})
+        snapshots[stage] = (before, tensors(distiller))
         return result
 
     monkeypatch.setattr(runner_module, "fit", fit)
@@ -89,7 +92,7 @@ def test_for_each_expands_lists_and_counts():
 @pytest.mark.parametrize("overrides, message", [
     (["schedule=takd"], "schedule.assistants"),
     (["schedule=takd", "schedule.assistants=[nope]"], "Unknown model 'nope'"),
-    (["schedule=fitnet"], "has none. Methods with an initialisation stage: "),
+    (["schedule=fitnet", "method=kd"], "has none. Methods with an initialisation stage: ab, fitnet, fsp, ft"),
     (["schedule=ban", "schedule.gen.epochs=0"], "schedule.gen.epochs must be at least 1"),
     (["schedule=single", "+schedule.stages.0.teacher_of=x"], "Valid stage keys"),
     (["schedule=single", "schedule.stages.0.teacher=best"], "valid: teacher, previous, none"),
@@ -214,3 +217,31 @@ def test_cli_ban_summary_and_takd_without_assistants(tmp_path):
     bad = kdrun_cli(QUICK + ["schedule=takd"], cwd=tmp_path)
     out = bad.stdout + bad.stderr
     assert bad.returncode == 2 and "schedule.assistants" in out and "Traceback" not in out
+
+
+WRN = [o for o in QUICK if not o.startswith(("teacher", "student"))] + [
+    "teacher=wrn16_2", "student=wrn16_1", "teacher.train.epochs=1", "teacher.train.batch_size=32"]
+
+
+def test_fitnet_hint_stage_changes_only_the_student_up_to_its_guided_layer_and_the_regressor(tmp_path, stage_snapshots):
+    metrics = run(compose_config(WRN + ["schedule=fitnet"]), tmp_path / "run")  # method=fitnet by default
+    assert metrics["method"] == "fitnet" and [s["name"] for s in metrics["stages"]] == ["hint", "kd"]
+    before, after = stage_snapshots["hint"]
+    hint_changes = changed(before, after)
+    up_to_guided = ("student.conv1.", "student.block1.", "student.block2.", "regressors.")  # guided layer: block2
+    assert hint_changes <= {k for k in after if k.startswith(up_to_guided)}
+    assert {"student.conv1.weight", "student.block2.layer.1.conv2.weight", "student.block1.layer.0.bn1.running_mean",
+            "regressors.0.0.weight"} <= hint_changes
+    after_guided = [k for k in after if k.startswith(("student.block3.", "student.bn1.", "student.fc."))]
+    assert any(k.endswith("running_mean") for k in after_guided)  # weights and batch-norm statistics alike
+    assert not hint_changes & set(after_guided)
+    kd_before, kd_after = stage_snapshots["kd"]
+    assert {"student.fc.weight", "student.block3.layer.0.conv1.weight"} <= changed(kd_before, kd_after)
+    assert set(metrics["history"][0]["losses"]) == {"fitnet_hint"} and "kd" in metrics["history"][-1]["losses"]
+
+
+def test_fitnet_schedule_gives_ab_its_initialisation_stage(tmp_path, stage_snapshots):
+    metrics = run(compose_config(WRN + ["schedule=fitnet", "method=ab"]), tmp_path / "run")
+    assert metrics["method"] == "ab" and [h["stage"] for h in metrics["history"]] == ["hint", "kd"]
+    before, after = stage_snapshots["hint"]
+    assert not any(k.startswith("student.fc.") for k in changed(before, after))

@@ -39,6 +39,7 @@ def main(payload_path: str) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.utils import JobRuntime, run_job, setup_globals
     from hydra.types import HydraContext
+    from omegaconf import OmegaConf
 
     payload = pickle.loads(Path(payload_path).read_bytes())
     config = payload["config"]
@@ -52,6 +53,12 @@ def main(payload_path: str) -> None:
         job_dir_key="hydra.sweep.dir",
         job_subdir_key="hydra.sweep.subdir",
     )
+    # Plain copies of the configs: structured-config classes (e.g. Hydra's sweeper settings) pickle by
+    # reference, which fails once a plugin scan in this process has re-imported their modules.
+    for name in ("cfg", "hydra_cfg"):
+        value = getattr(result, name)
+        if value is not None:
+            setattr(result, name, OmegaConf.create(OmegaConf.to_container(value, resolve=False)))
     try:
         data = pickle.dumps(result)
     except Exception:  # a return value or exception that does not pickle: keep its text

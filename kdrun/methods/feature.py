@@ -121,7 +121,10 @@ def default_points(model: nn.Module, point: str, role: str) -> list[str]:
             f"The {role} ({type(model).__name__}) has no feature_points() to take default feature paths from: "
             f"set method.{role}_features to a list of its module paths (e.g. [layer2, layer3])."
         )
-    return list(model.feature_points()[point])
+    paths = list(model.feature_points().get(point) or [])
+    require(paths, f"The {role} ({type(model).__name__}) lists no {point!r} feature points: set "
+                   f"method.{role}_features to a list of its module paths.")
+    return paths
 
 
 def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,11 +7,11 @@ A translator (student side: three conv + BN + LeakyReLU layers) maps the student
 a student factor F_s. The term is the L1 distance between the L2-normalised, flattened factors,
 averaged over elements (torchdistill's form of the paper's ||F_t/|F_t| - F_s/|F_s| ||_1); beta = 200.
 
-The paraphraser must be trained before it can teach. With an init stage (the paper, RepDistiller) it
-is trained first (MSE, as RepDistiller) and then frozen. On `schedule=single` it is trained in the same
-stage on its own reconstruction term (`ft_paraphraser`: the MSE divided by the feature's mean square,
-weight 1; it sees only teacher features), while the translator and student follow its current
-factor (detached).
+The paraphraser must be trained before it can teach; its reconstruction term (`ft_paraphraser`) is
+the MSE divided by the feature's mean square (see `reconstruction_loss`). With an init stage (the
+paper, RepDistiller) it is trained first and then frozen. On `schedule=single` it is trained in the
+same stage on that term (weight 1; it sees only teacher features), while the translator and student
+follow its current factor (detached).
 """
 import torch
 import torch.nn as nn
@@ -39,6 +39,14 @@ class Paraphraser(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         factor = self.encoder(x)
         return factor, self.decoder(factor)
+
+
+def reconstruction_loss(reconstruction: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
+    """MSE relative to the feature's mean square. The paraphraser is (nearly) positively homogeneous, so
+    this is the MSE of the feature scaled to unit size: the same minimiser, and gradients that do not grow
+    with the square of the teacher's feature magnitudes (the plain MSE diverges at the student's usual
+    learning rates on features of a trained WRN)."""
+    return F.mse_loss(reconstruction, f_t) / f_t.pow(2).mean().clamp_min(1e-12)
 
 
 def ft_loss(factor_s: torch.Tensor, factor_t: torch.Tensor) -> torch.Tensor:
@@ -78,9 +86,7 @@ class FactorTransfer(InitStage, FeatureDistiller):
                 factor_t = self.paraphraser.encoder(f_t)
         else:
             factor, reconstruction = self.paraphraser(f_t)
-            # Relative to the feature's mean square: the minimiser of the MSE at a scale that suits the
-            # student's learning rate, whatever the teacher's feature magnitudes.
-            terms["ft_paraphraser"] = F.mse_loss(reconstruction, f_t) / f_t.pow(2).mean().clamp_min(1e-12)
+            terms["ft_paraphraser"] = reconstruction_loss(reconstruction, f_t)
             factor_t = factor.detach()
         terms["ft"] = self.beta * ft_loss(self.translator(f_s), factor_t)
         return terms
@@ -89,7 +95,7 @@ class FactorTransfer(InitStage, FeatureDistiller):
         self.mark_init_stage()
         f_t = t_feats[self.t_paths[0]]
         _, reconstruction = self.paraphraser(f_t)
-        return {"ft_paraphraser": F.mse_loss(reconstruction, f_t)}
+        return {"ft_paraphraser": reconstruction_loss(reconstruction, f_t)}
 
     def init_parameters(self):
         return list(self.paraphraser.parameters())

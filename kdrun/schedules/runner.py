@@ -89,11 +89,11 @@ def hold_statistics(model: nn.Module, trained: list[nn.Parameter]):
 
 class ScheduleRunner:
     def __init__(self, cfg: DictConfig, data: Dataset, run_dir: Path, *, teacher: Optional[nn.Module],
-                 teacher_key: Optional[str], progress: bool, on_epoch: Callable[[dict], None],
-                 on_stage: Callable[[list[dict]], None]):
+                 progress: bool, on_epoch: Callable[[dict], None], on_stage: Callable[[list[dict]], None]):
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
         self.seed = int(cfg.seed)
-        self.teacher, self.teacher_key = teacher, teacher_key
+        self.teacher = teacher  # the run's teacher; trained (or loaded) before `run`
+        self.teacher_key: Optional[str] = None  # what the run's teacher is (set with its weights)
         self.progress, self.on_epoch, self.on_stage = progress, on_epoch, on_stage
         self.distiller: Optional[Distiller] = None
         self.instances: dict[str, tuple[nn.Module, str]] = {}  # model -> (module, key of its weights)
@@ -105,6 +105,27 @@ class ScheduleRunner:
 
     def checkpoint(self, stage: Stage) -> Path:
         return self.run_dir / "checkpoints" / f"{stage.name}.pt"
+
+    def check(self, stages: list[Stage]) -> None:
+        """Build every stage's model and method once, untrained, before any training: what a method
+        finds wrong (a feature path that does not exist, a memory bank larger than the data) stops
+        the run before the teacher or any stage trains."""
+        instances: dict[str, nn.Module] = {}
+        previous = None
+        for stage in stages:
+            model = None if stage.fresh else instances.get(stage.model)
+            if model is None:
+                model = build_model(self.model_cfg(stage), self.data.info).to(self.data.device)
+                instances[stage.model] = model
+            method_cls = method_class(str(stage.method_cfg.name))
+            teacher = None
+            if method_cls.uses_teacher:
+                teacher = self.teacher if stage.teacher == "teacher" else previous
+                if teacher is model:
+                    raise UserError(f"Stage {stage.name} would learn from its own model: give it `fresh: true` "
+                                    f"or another teacher.")
+            method_cls(model, teacher, stage.method_cfg, self.data.info).remove_hooks()
+            previous = model
 
     def run(self, stages: list[Stage]) -> list[StageOutcome]:
         outcomes: list[StageOutcome] = []
@@ -134,9 +155,6 @@ class ScheduleRunner:
             else:  # "previous"; the first stage's "previous" was made "teacher" by build_stages
                 teacher, teacher_key = previous.model, previous.key
                 source = f"teacher {previous.label} of stage {previous.stage.name}"
-            if teacher is model:
-                raise UserError(f"Stage {stage.name} would learn from its own model: give it `fresh: true` "
-                                f"or another teacher.")
         label = model_label(model_cfg)
         key = digest({"teacher": teacher_key, "start": start_key, "model": model_identity(model_cfg),
                       "dataset": dataset_identity(self.cfg.dataset), "recipe": stage.train_recipe.as_dict(),

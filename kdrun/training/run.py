@@ -75,6 +75,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     data = build_dataset(cfg.dataset, device)
     info = data.info
     teacher = build_teacher(cfg, info).to(device) if needs_teacher else None
+    runner = ScheduleRunner(cfg, data, run_dir, teacher=teacher, progress=show_progress,
+                            on_epoch=record.add_epoch, on_stage=lambda stages_done: record.update(stages=stages_done))
+    runner.check(stages)
 
     record.start({
         "dataset": str(cfg.dataset.name), "teacher": teacher_label(cfg) if teacher is not None else None,
@@ -85,16 +88,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     log.info("Run directory: %s", run_dir)
     log.info("Data %s: %d train, %d test%s; %s", data.name, len(data.train), len(data.test),
              f", {len(data.val)} validation" if data.val is not None else "", info)
-    teacher_key = None
     if teacher is not None:
         teacher_acc, source = obtain_teachers(cfg, teacher, data, show_progress)
-        teacher_key = teacher_identity(source)
+        runner.teacher_key = teacher_identity(source)
         record.update(teacher_test_acc=teacher_acc, teacher_source=source)
     if len(stages) > 1:
         log.info("Schedule %s: %s.", cfg.schedule.name, " -> ".join(s.name for s in stages))
 
-    runner = ScheduleRunner(cfg, data, run_dir, teacher=teacher, teacher_key=teacher_key, progress=show_progress,
-                            on_epoch=record.add_epoch, on_stage=lambda stages_done: record.update(stages=stages_done))
     outcomes = runner.run(stages)
     last = outcomes[-1]
     trained = [o.result for o in outcomes if o.result is not None]
