@@ -2,9 +2,9 @@
 
 A table file has `columns` and `rows`, each with a `match` of config choices or keys (e.g.
 `{"method": "kd"}`, `{"teacher": "wrn40_2", "student": "wrn16_2"}`); a cell holds the runs whose
-configuration matches both and whose dataset is the table's (a column may name its own). A row may read another metric
-(`teacher_test_acc` for the teacher row); its values are taken once per seed, since every method of a
-pair shares the teacher of that seed. Runs on `synthetic` data stand in for the table's dataset (the
+configuration matches both and whose dataset is the table's (a column may name its own). A row may
+read another metric (`teacher_test_acc` for the teacher row; its values are taken once per seed, since
+every method of a pair shares the teacher of that seed). Runs on `synthetic` data stand in for the table's dataset (the
 scripts' `--smoke` runs), and the report says so.
 """
 from __future__ import annotations
