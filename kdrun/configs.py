@@ -58,5 +58,5 @@ def register_configs() -> None:
     for name in MODELS.names():
         node = {"name": name, **model_defaults(name)}
         cs.store(group="student", name=name, node=node, provider="kdrun")
-        cs.store(group="teacher", name=name, node={**node, "checkpoint": None}, provider="kdrun")
+        cs.store(group="teacher", name=name, node={**node, "checkpoint": None, "seed": None}, provider="kdrun")
     _registered = True

@@ -6,6 +6,7 @@ PYTHON="${PYTHON:-python}"
 SMOKE=0
 OUT=""
 SEEDS="0,1,2"
+TEACHER_SEED=0  # one teacher per pair for all student seeds, as the papers; "run": the run's seed
 EXTRA=()
 
 usage_exit() {
@@ -19,6 +20,7 @@ parse_args() {
             --smoke) SMOKE=1 ;;
             --out) OUT="$2"; shift ;;
             --seeds) SEEDS="$2"; shift ;;
+            --teacher-seed) TEACHER_SEED="$2"; shift ;;
             -h|--help) usage_exit 0 ;;
             --) shift; EXTRA+=("$@"); break ;;
             -*) echo "$(basename "$0"): unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -45,8 +47,10 @@ smoke_data() {
 # sweep DIR OVERRIDES...: one `kdrun -m` into DIR (rerunning skips finished runs, resumes the others).
 sweep() {
     local dir="$1"; shift
-    echo "+ kdrun -m $* seed=$SEEDS ${EXTRA[*]} hydra.sweep.dir=$dir"
-    "$PYTHON" -m kdrun -m "$@" "seed=$SEEDS" progress=false ${EXTRA[@]+"${EXTRA[@]}"} "hydra.sweep.dir=$dir"
+    local pin=()
+    [ "$TEACHER_SEED" != run ] && pin=("teacher.seed=$TEACHER_SEED")
+    echo "+ kdrun -m $* seed=$SEEDS ${pin[*]-} ${EXTRA[*]-} hydra.sweep.dir=$dir"
+    "$PYTHON" -m kdrun -m "$@" "seed=$SEEDS" ${pin[@]+"${pin[@]}"} progress=false ${EXTRA[@]+"${EXTRA[@]}"} "hydra.sweep.dir=$dir"
 }
 
 report() {

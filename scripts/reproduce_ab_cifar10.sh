@@ -3,8 +3,9 @@
 # student alone as baseline, 3 seeds; then kdrun-report --paper ab_cifar10 (no published numbers recorded
 # yet: kdrun/papers/ab_cifar10.json).
 #
-# usage: scripts/reproduce_ab_cifar10.sh [--smoke] [--out DIR] [--seeds 0,1,2] [OVERRIDE...]
+# usage: scripts/reproduce_ab_cifar10.sh [--smoke] [--out DIR] [--seeds 0,1,2] [--teacher-seed 0|run] [OVERRIDE...]
 #   --smoke   1 epoch (each stage) on 16 random 3x8x8 images, one seed
+#   --teacher-seed  the teachers' seed, shared by all student seeds (default 0); run: each seed its own
 #   --out     the sweep directory (default reproduce/ab_cifar10, or reproduce/ab_cifar10-smoke)
 # Needs CIFAR-10 under dataset.root (or dataset.download=true). Rerunning skips the finished runs.
 TABLE=ab_cifar10

@@ -4,8 +4,9 @@
 # (kdrun-report --paper at_cifar10; no published numbers are recorded yet, see kdrun/papers/at_cifar10.json).
 # Three sweeps: ce and kd; at (AT alone, method.alpha=0); at with method.alpha=0.9 (AT+KD).
 #
-# usage: scripts/reproduce_at_cifar10.sh [--smoke] [--out DIR] [--seeds 0,1,2] [OVERRIDE...]
+# usage: scripts/reproduce_at_cifar10.sh [--smoke] [--out DIR] [--seeds 0,1,2] [--teacher-seed 0|run] [OVERRIDE...]
 #   --smoke   1 epoch on 16 random 3x8x8 images, one seed, the pair wrn16_2->wrn16_1 only
+#   --teacher-seed  the teachers' seed, shared by all student seeds (default 0); run: each seed its own
 #   --out     the sweep directory (default reproduce/at_cifar10, or reproduce/at_cifar10-smoke)
 # Needs CIFAR-10 under dataset.root (or dataset.download=true). Rerunning skips the finished runs.
 TABLE=at_cifar10

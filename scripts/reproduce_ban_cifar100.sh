@@ -3,8 +3,9 @@
 # then 3 born-again generations of WRN-28-1 and their ensemble, 3 seeds; then kdrun-report --paper
 # ban_cifar100 (no published numbers recorded yet: kdrun/papers/ban_cifar100.json).
 #
-# usage: scripts/reproduce_ban_cifar100.sh [--smoke] [--out DIR] [--seeds 0,1,2] [OVERRIDE...]
+# usage: scripts/reproduce_ban_cifar100.sh [--smoke] [--out DIR] [--seeds 0,1,2] [--teacher-seed 0|run] [OVERRIDE...]
 #   --smoke   1 epoch on 16 random 3x8x8 images of 100 classes, one seed, 2 generations
+#   --teacher-seed  the teachers' seed, shared by all student seeds (default 0); run: each seed its own
 #   --out     the sweep directory (default reproduce/ban_cifar100, or reproduce/ban_cifar100-smoke)
 # Needs CIFAR-100 under dataset.root. Rerunning skips the finished runs.
 TABLE=ban_cifar100

@@ -8,10 +8,11 @@
 # fsp runs in a second sweep, on the pairs of equal stage widths only (FSP compares matrices of equal
 # shapes; the paper has no other FSP number).
 #
-# usage: scripts/reproduce_crd_cifar100.sh [--smoke] [--out DIR] [--seeds 0,1,2] [OVERRIDE...]
+# usage: scripts/reproduce_crd_cifar100.sh [--smoke] [--out DIR] [--seeds 0,1,2] [--teacher-seed 0|run] [OVERRIDE...]
 #   --smoke   1 epoch on 16 random 3x8x8 images of 100 classes, one seed, and a documented subset of the
 #             table to stay within a CI budget: every method on resnet56->resnet20 (crd with 8
 #             negatives), and KD on vgg13->mobilenetv2
+#   --teacher-seed  the teachers' seed, shared by all student seeds (default 0); run: each seed its own
 #   --out     the sweep directory (default reproduce/crd_cifar100, or reproduce/crd_cifar100-smoke)
 #   OVERRIDE  more kdrun overrides, e.g. hydra/launcher=slurm hydra.launcher.partition=gpu
 # Needs CIFAR-100 under dataset.root (or dataset.download=true). Rerunning skips the finished runs.

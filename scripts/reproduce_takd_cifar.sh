@@ -5,8 +5,9 @@
 # Then kdrun-report --paper takd_cifar (no published numbers recorded yet: kdrun/papers/takd_cifar.json).
 # Three sweeps per chain (ce; kd; schedule=takd), since a chain's assistants go with its teacher.
 #
-# usage: scripts/reproduce_takd_cifar.sh [--smoke] [--out DIR] [--seeds 0,1,2] [OVERRIDE...]
+# usage: scripts/reproduce_takd_cifar.sh [--smoke] [--out DIR] [--seeds 0,1,2] [--teacher-seed 0|run] [OVERRIDE...]
 #   --smoke   1 epoch on 16 random 3x8x8 images of 100 classes, one seed, the CIFAR-100 ResNet chain only
+#   --teacher-seed  the teachers' seed, shared by all student seeds (default 0); run: each seed its own
 #   --out     the sweep directory (default reproduce/takd_cifar, or reproduce/takd_cifar-smoke)
 # Needs CIFAR-10 and CIFAR-100 under dataset.root. Rerunning skips the finished runs.
 TABLE=takd_cifar

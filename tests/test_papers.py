@@ -164,3 +164,15 @@ def test_smoke_run_produces_the_side_by_side_table(script, tmp_path):
     assert "(1) vs" in paper_part  # at least one cell with our run beside the paper's number
     if table == "hinton_mnist":
         assert "(1) vs 99.26 (" in paper_part and "(1) vs 98.54 (" in paper_part and "(1) vs 99.33 (" in paper_part
+
+
+def test_teacher_seed_pins_one_teacher_for_all_student_seeds(tmp_path):
+    from tests.conftest import QUICK, read_json, run_dirs
+
+    done = kdrun_cli(["-m", *QUICK, "teacher.seed=7", "seed=0,1", "hydra.sweep.dir=s"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    cached = list((tmp_path / "cache" / "teachers").glob("*.pt"))
+    assert len(cached) == 1 and "-s7-" in cached[0].name
+    sources = {read_json(d / "metrics.json")["teacher_source"] for d in run_dirs(tmp_path / "s")}
+    assert sources == {str(cached[0])}
+    assert compose_config([]).teacher.seed is None

@@ -35,7 +35,7 @@ from kdrun.registry import Registry, call_with_supported
 MODELS: Registry = Registry("model", "teacher/student")
 
 SHAPE_ARGS = ("num_classes", "in_channels", "image_size")
-NODE_KEYS = ("name", "checkpoint", "train", "_target_")  # config keys that are not constructor arguments
+NODE_KEYS = ("name", "checkpoint", "train", "seed", "_target_")  # config keys that are not constructor arguments
 
 # Importing a family registers its names.
 from kdrun.models import mlp, mobilenetv2, plain, resnet, resnet_imagenet, shufflenet, vgg, wrn  # noqa: E402,F401

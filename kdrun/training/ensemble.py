@@ -13,7 +13,7 @@ from kdrun.data.base import DataInfo, Dataset
 from kdrun.models import build_model, model_defaults, model_label
 from kdrun.models.ensemble import TeacherEnsemble
 from kdrun.training.loop import evaluate
-from kdrun.training.teacher import obtain_teacher
+from kdrun.training.teacher import obtain_teacher, teacher_seed
 
 log = logging.getLogger("kdrun")
 
@@ -27,7 +27,7 @@ def member_configs(cfg: DictConfig) -> list[DictConfig]:
         member = cfg.copy()
         OmegaConf.set_struct(member, False)
         member.teacher = node
-        member.seed = int(cfg.seed) + i
+        member.seed = teacher_seed(cfg) + i
         out.append(member)
     return out
 

@@ -32,7 +32,7 @@ CACHE_FORMAT = 1
 
 def model_identity(model_cfg: DictConfig) -> dict:
     return {k: v for k, v in OmegaConf.to_container(model_cfg, resolve=True).items()
-            if k not in ("checkpoint", "train")}
+            if k not in ("checkpoint", "train", "seed")}
 
 
 def dataset_identity(dataset_cfg: DictConfig) -> dict:
@@ -98,6 +98,12 @@ def load_weights(model: nn.Module, path: Path, label: str) -> None:
         ) from None
 
 
+def teacher_seed(cfg: DictConfig) -> int:
+    """`teacher.seed` pins the teacher's seed (one teacher for all the student seeds); null: the run's."""
+    pinned = cfg.teacher.get("seed")
+    return int(cfg.seed) if pinned is None else int(pinned)
+
+
 def train_teacher(cfg: DictConfig, data: Dataset, recipe: Recipe, seed: int, progress: bool,
                   partial: Path) -> tuple[nn.Module, float]:
     model = build_model(cfg.teacher, data.info).to(data.device)
@@ -117,7 +123,7 @@ def obtain_teacher(cfg: DictConfig, teacher: nn.Module, data: Dataset, progress:
         log.info("Teacher %s loaded from %s (test acc %.2f%%).", label, path, acc)
         return acc, str(path)
     recipe = Recipe.from_config(cfg.teacher.train, "teacher.train")
-    seed = int(cfg.seed)
+    seed = teacher_seed(cfg)
     path = cache_path(Path(cfg.cache_dir), cfg.teacher, cfg.dataset, recipe, seed)
     with file_lock(path):
         if path.exists():
