@@ -8,6 +8,7 @@ OUT=""
 SEEDS="0,1,2"
 TEACHER_SEED=0  # one teacher per pair for all student seeds, as the papers; "run": the run's seed
 EXTRA=()
+FAILED=0  # a sweep with failed jobs: the other sweeps and the report still run, the exit status is 1
 
 usage_exit() {
     sed -n '2,/^$/s/^# \{0,1\}//p' "$0"
@@ -50,10 +51,12 @@ sweep() {
     local pin=()
     [ "$TEACHER_SEED" != run ] && pin=("teacher.seed=$TEACHER_SEED")
     echo "+ kdrun -m $* seed=$SEEDS ${pin[*]-} ${EXTRA[*]-} hydra.sweep.dir=$dir"
-    "$PYTHON" -m kdrun -m "$@" "seed=$SEEDS" ${pin[@]+"${pin[@]}"} progress=false ${EXTRA[@]+"${EXTRA[@]}"} "hydra.sweep.dir=$dir"
+    "$PYTHON" -m kdrun -m "$@" "seed=$SEEDS" ${pin[@]+"${pin[@]}"} progress=false ${EXTRA[@]+"${EXTRA[@]}"} "hydra.sweep.dir=$dir" \
+        || FAILED=1
 }
 
 report() {
     echo "+ kdrun-report $OUT --paper $TABLE"
     "$PYTHON" -m kdrun.results.report "$OUT" --paper "$TABLE"
+    return "$FAILED"
 }

@@ -4,7 +4,7 @@
 # yet: kdrun/papers/fsp_cifar10.json).
 #
 # usage: scripts/reproduce_fsp_cifar10.sh [--smoke] [--out DIR] [--seeds 0,1,2] [--teacher-seed 0|run] [OVERRIDE...]
-#   --smoke   1 epoch (each stage) on 16 random 3x8x8 images, one seed
+#   --smoke   1 epoch (each stage) on 16 random 3x8x8 images, one seed, without the student-alone runs
 #   --teacher-seed  the teachers' seed, shared by all student seeds (default 0); run: each seed its own
 #   --out     the sweep directory (default reproduce/fsp_cifar10, or reproduce/fsp_cifar10-smoke)
 # Needs CIFAR-10 under dataset.root (or dataset.download=true). Rerunning skips the finished runs.
@@ -13,6 +13,6 @@ source "$(dirname "$0")/_reproduce_lib.sh"
 parse_args "$@"
 DATA=()
 [ "$SMOKE" = 1 ] && read -r -a DATA <<< "$(smoke_data 3 8 10)"
-sweep "$OUT/alone" experiment=fsp_cifar10 method=ce schedule=single ${DATA[@]+"${DATA[@]}"}
+[ "$SMOKE" = 1 ] || sweep "$OUT/alone" experiment=fsp_cifar10 method=ce schedule=single ${DATA[@]+"${DATA[@]}"}
 sweep "$OUT/method" experiment=fsp_cifar10 ${DATA[@]+"${DATA[@]}"}
 report

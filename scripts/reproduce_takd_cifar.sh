@@ -6,7 +6,8 @@
 # Three sweeps per chain (ce; kd; schedule=takd), since a chain's assistants go with its teacher.
 #
 # usage: scripts/reproduce_takd_cifar.sh [--smoke] [--out DIR] [--seeds 0,1,2] [--teacher-seed 0|run] [OVERRIDE...]
-#   --smoke   1 epoch on 16 random 3x8x8 images of 100 classes, one seed, the CIFAR-100 ResNet chain only
+#   --smoke   1 epoch on 16 random 3x8x8 images of 100 classes, one seed, the CIFAR-100 ResNet
+#             chain only, without the student-alone runs
 #   --teacher-seed  the teachers' seed, shared by all student seeds (default 0); run: each seed its own
 #   --out     the sweep directory (default reproduce/takd_cifar, or reproduce/takd_cifar-smoke)
 # Needs CIFAR-10 and CIFAR-100 under dataset.root. Rerunning skips the finished runs.
@@ -21,7 +22,7 @@ for chain in "${CHAINS[@]}"; do
     [ "$SMOKE" = 1 ] && read -r -a DATA <<< "$(smoke_data 3 8 100)"
     name="$dataset-$teacher-$student"
     ARGS=(experiment=takd_cifar "teacher=$teacher" "student=$student" "${DATA[@]}")
-    sweep "$OUT/$name/alone" "${ARGS[@]}" method=ce schedule=single
+    [ "$SMOKE" = 1 ] || sweep "$OUT/$name/alone" "${ARGS[@]}" method=ce schedule=single
     sweep "$OUT/$name/kd" "${ARGS[@]}" method=kd schedule=single
     sweep "$OUT/$name/takd" "${ARGS[@]}" method=kd schedule=takd "schedule.assistants=$assistants"
 done
