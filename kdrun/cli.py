@@ -31,7 +31,8 @@ def app(cfg: DictConfig):
     run_dir = Path(hydra_cfg.runtime.output_dir)
     with interrupts_raise():
         try:
-            check_config(cfg, hydra_cfg.runtime.choices, hydra_cfg.job.config_name)
+            if _in_process_job(hydra_cfg):
+                check_config(cfg, hydra_cfg.runtime.choices, hydra_cfg.job.config_name)
             return run(cfg, run_dir)
         except SystemExit:  # submitit's requeue on pre-emption ends the job this way
             _record(cfg, run_dir, "interrupted", "stopped by the job scheduler (requeued)")
@@ -74,6 +75,14 @@ def _record(cfg: DictConfig, run_dir: Path, status: str, message: str, **fields)
         record.finish(status, error=message, **fields)
     except UserError as e:  # the directory cannot be written: say so, the message above stays the point
         log.error(str(e))
+
+
+def _in_process_job(hydra_cfg) -> bool:
+    """A single run or a job of Hydra's basic launcher. The type check composes the defaults with Hydra,
+    which in the job process of another launcher re-imports Hydra's config classes, so that the job's
+    result can no longer be pickled back to the sweep: there the check is left out."""
+    target = str(hydra_cfg.launcher.get("_target_", ""))
+    return hydra_cfg.mode == RunMode.RUN or target.endswith("BasicLauncher")
 
 
 def _resume_hint(hydra_cfg, run_dir: Path) -> str:

@@ -45,7 +45,7 @@ DEFAULTS = {
     "fitnet": {"beta": 100.0},
     "at": {"beta": 1000.0, "p": 2.0},
     "nst": {"beta": 50.0, "degree": 2, "c": 0.0},
-    "fsp": {"beta": 50.0},
+    "fsp": {"beta": 1.0},
     "ab": {"beta": 1.0, "margin": 1.0},
     "ft": {"beta": 200.0, "rate": 0.5},
 }
@@ -239,7 +239,7 @@ def test_fsp_reads_each_stage_input_and_output():
     _, losses = method.forward_train(x, torch.zeros(4, dtype=torch.long))
     s0, t0 = student.stem(x), teacher.stem(x)
     s1, t1 = student.layer1(s0), teacher.layer1(t0)
-    expected = 50.0 * (fsp_loss(s0, s1, t0, t1) + fsp_loss(s1, student.layer2(s1), t1, teacher.layer2(t1)))
+    expected = fsp_loss(s0, s1, t0, t1) + fsp_loss(s1, student.layer2(s1), t1, teacher.layer2(t1))
     assert losses["fsp"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
