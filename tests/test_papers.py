@@ -176,3 +176,5 @@ def test_teacher_seed_pins_one_teacher_for_all_student_seeds(tmp_path):
     sources = {read_json(d / "metrics.json")["teacher_source"] for d in run_dirs(tmp_path / "s")}
     assert sources == {str(cached[0])}
     assert compose_config([]).teacher.seed is None
+    bad = kdrun_cli([*QUICK, "teacher.seed=abc", "hydra.run.dir=bad"], cwd=tmp_path)
+    assert bad.returncode == 2 and "teacher.seed=abc" in bad.stderr + bad.stdout and "Traceback" not in bad.stderr

@@ -101,7 +101,12 @@ def load_weights(model: nn.Module, path: Path, label: str) -> None:
 def teacher_seed(cfg: DictConfig) -> int:
     """`teacher.seed` pins the teacher's seed (one teacher for all the student seeds); null: the run's."""
     pinned = cfg.teacher.get("seed")
-    return int(cfg.seed) if pinned is None else int(pinned)
+    if pinned is None:
+        return int(cfg.seed)
+    if isinstance(pinned, bool) or not isinstance(pinned, int):
+        raise UserError(f"teacher.seed={pinned}: the teacher's seed must be an integer, or null for the run's "
+                        f"seed (e.g. teacher.seed=0).")
+    return pinned
 
 
 def train_teacher(cfg: DictConfig, data: Dataset, recipe: Recipe, seed: int, progress: bool,
