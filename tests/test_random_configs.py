@@ -47,6 +47,7 @@ def random_case(rng: random.Random, options: dict, empty_dir) -> tuple[dict, lis
               "teacher": rng.choice(models), "student": rng.choice(models)}
     if options["experiment"] and rng.random() < 0.25:  # a published recipe, cut down to tiny sizes below
         groups["experiment"] = rng.choice(options["experiment"])
+        del groups["method"], groups["schedule"]  # the recipe's own method and schedule (its keys go with them)
     overrides = [f"{g}={o}" for g, o in groups.items()]
     plain = default_config(groups)  # the keys these choices have (and, cached, what check_config compares with)
     overrides += [f"{k}={value_text(v)}" for k, v in TINY.items()]
