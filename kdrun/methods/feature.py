@@ -12,33 +12,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kdrun.errors import UserError, require
-from kdrun.methods.base import Distiller
-from kdrun.methods.kd import check_temperature_and_alpha, kd_loss
+from kdrun.methods.weighted import WeightedDistiller
 from kdrun.models.features import feature_shapes, parameters_up_to
 
 
-class FeatureDistiller(Distiller):
+class FeatureDistiller(WeightedDistiller):
     point: str = "stages"  # the feature_points() list the default paths come from
 
     @classmethod
     def validate(cls, cfg) -> None:
-        check_temperature_and_alpha(cfg)
-        beta = float(cfg.beta)
-        require(beta >= 0, f"method.beta (weight of the {cfg.name} term) must be 0 or more, got {beta}.")
         for key in ("student_features", "teacher_features"):
             paths = cfg.get(key)
             require(paths is None or (not isinstance(paths, str) and len(paths) > 0),
                     f"method.{key} must be null (the models' defaults) or a non-empty list of module paths, "
                     f"got {paths!r}.")
         super().validate(cfg)
-
-    def __init__(self, student, teacher, cfg, info):
-        super().__init__(student, teacher, cfg, info)
-        self.T, self.alpha, self.beta = float(cfg.T), float(cfg.alpha), float(cfg.beta)
-
-    def kd_term(self, s_logits: torch.Tensor, t_logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Hinton's soft-target term, added when `alpha > 0`."""
-        return {"kd": self.alpha * kd_loss(s_logits, t_logits, self.T)} if self.alpha else {}
 
     def layer_paths(self, point: str | None = None, select=None) -> tuple[list[str], list[str]]:
         """(student paths, teacher paths), paired one to one.

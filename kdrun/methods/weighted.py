@@ -30,18 +30,20 @@ class WeightedDistiller(Distiller):
         super().__init__(student, teacher, cfg, info)
         self.T, self.alpha, self.beta = float(cfg.T), float(cfg.alpha), float(cfg.beta)
 
+    def kd_term(self, s_logits: torch.Tensor, t_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Hinton's soft-target term, added when `alpha > 0`."""
+        return {"kd": self.alpha * kd_loss(s_logits, t_logits, self.T)} if self.alpha else {}
+
     def losses(self, s_logits, t_logits, **batch) -> dict[str, torch.Tensor]:
-        out = {}
-        if self.alpha:
-            out["kd"] = self.alpha * kd_loss(s_logits, t_logits, self.T)
+        out = self.kd_term(s_logits, t_logits)
         if self.beta:
             terms = self.method_terms(s_logits=s_logits, t_logits=t_logits, **batch)
             out.update({name: self.beta * value for name, value in terms.items()})
         return out
 
     def method_terms(self, **batch) -> dict[str, torch.Tensor]:
-        """The method's own terms, before the weight `beta`."""
-        raise NotImplementedError
+        """The method's own terms, before the weight `beta` (methods that override `losses` need none)."""
+        raise TypeError(f"{type(self).__name__} must define method_terms or override losses")
 
     def feature_paths(self, role: str, group: str, pick: Callable[[list[str]], list[str]]) -> list[str]:
         """Module paths to read on `role`'s side: `method.<role>_features`, else `pick(feature_points()[group])`."""
