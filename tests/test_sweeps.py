@@ -81,13 +81,13 @@ def test_sweep_presets():
 def test_pair_presets(tmp_path):
     from kdrun.models import MODELS
 
+    assert ZOO <= set(MODELS.names())
     for path in sorted((REPO / "conf" / "pair").glob("*.yaml")):
         data = yaml.safe_load(path.read_text())
         teacher, student = data["defaults"][0]["override /teacher"], data["defaults"][1]["override /student"]
-        assert path.stem == f"{teacher}-{student}" and {teacher, student} <= ZOO, path
-        if {teacher, student} <= set(MODELS.names()):
-            cfg = compose_config([f"pair={path.stem}"])
-            assert (cfg.teacher.name, cfg.student.name) == (teacher, student)
+        assert path.stem == f"{teacher}-{student}" and {teacher, student} <= set(MODELS.names()), path
+        cfg = compose_config([f"pair={path.stem}"])
+        assert (cfg.teacher.name, cfg.student.name) == (teacher, student)
     # A pair preset replaces the default teacher and student.
     (tmp_path / "pair").mkdir()
     (tmp_path / "pair" / "swap.yaml").write_text(
