@@ -87,6 +87,14 @@ def test_crd_preset_and_sweep_preset_agree():
     assert (cfg.teacher.name, cfg.student.name, cfg.train.lr, cfg.train.epochs) == ("resnet50", "mobilenetv2", 0.01, 240)
 
 
+def test_crd_preset_keeps_each_methods_published_weights():
+    """The table's rows are each method alone (RepDistiller: -r 1 -a 0 -b BETA); only kd has alpha 0.9."""
+    crd = compose_config(["experiment=crd_cifar100", "method=crd"]).method
+    assert (crd.alpha, crd.ce_weight, crd.beta) == (0.0, None, 0.8)
+    at = compose_config(["experiment=crd_cifar100", "method=at"]).method
+    assert (at.alpha, at.beta) == (0.0, 1000.0)
+
+
 def test_published_tables_as_data():
     assert paper_names() == TABLES
     for name in TABLES:
