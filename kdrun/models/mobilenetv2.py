@@ -5,10 +5,10 @@ Blocks end in a linear bottleneck (no ReLU), so a stage's output is its own pre-
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn
+from kdrun.models.weights import init_reference
 
 # expansion t, channels c, blocks n, first stride s
 SETTING = [(1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2),
@@ -58,16 +58,7 @@ class MobileNetV2(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)  # the original's AvgPool2d(2) on 32x32 inputs
         self.classifier = nn.Sequential(nn.Linear(self.last_channel, num_classes))
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                m.weight.data.normal_(0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.data.fill_(1)
-                m.bias.data.zero_()
-            elif isinstance(m, nn.Linear):
-                m.weight.data.normal_(0, 0.01)
-                m.bias.data.zero_()
+        init_reference(self, linear_std=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)

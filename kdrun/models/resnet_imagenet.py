@@ -10,6 +10,7 @@ from functools import partial
 
 import torch
 import torch.nn as nn
+from kdrun.models.weights import init_reference
 
 
 def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
@@ -77,12 +78,7 @@ class ResNetImageNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.linear = nn.Linear(512 * block_cls.expansion, num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+        init_reference(self, linear_zero_bias=False)
 
     def _make_layer(self, block_cls, planes: int, blocks: int, stride: int) -> nn.Sequential:
         layers = []

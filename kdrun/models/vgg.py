@@ -7,11 +7,11 @@ by its own `reluK`. Max-pooling between blocks; the pool before the last block o
 """
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import torch
 import torch.nn as nn
+from kdrun.models.weights import init_reference
 
 CONFIGS = {
     "vgg8": [[64], [128], [256], [512], [512]],
@@ -48,17 +48,7 @@ class VGG(nn.Module):
         self.pool4 = nn.AdaptiveAvgPool2d((1, 1))
         self.classifier = nn.Linear(cfg[4][-1], num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                m.weight.data.normal_(0, math.sqrt(2.0 / fan_out))
-                m.bias.data.zero_()
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.data.fill_(1)
-                m.bias.data.zero_()
-            elif isinstance(m, nn.Linear):
-                m.weight.data.normal_(0, 0.01)
-                m.bias.data.zero_()
+        init_reference(self, linear_std=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool0(self.relu0(self.block0(x)))

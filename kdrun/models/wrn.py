@@ -6,7 +6,6 @@ input of the next stage's first `relu1`, or of the final `relu` after the last s
 """
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import torch
@@ -14,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kdrun.errors import UserError
+from kdrun.models.weights import init_reference
 
 
 class BasicBlock(nn.Module):
@@ -69,15 +69,7 @@ class WideResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)  # the original's avg_pool2d(8) on 32x32 inputs
         self.fc = nn.Linear(channels[3], num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                m.weight.data.normal_(0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.data.fill_(1)
-                m.bias.data.zero_()
-            elif isinstance(m, nn.Linear):
-                m.bias.data.zero_()
+        init_reference(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.block3(self.block2(self.block1(self.conv1(x))))
