@@ -25,6 +25,7 @@ def ab_margin_loss(s: torch.Tensor, t: torch.Tensor, margin: float) -> torch.Ten
 
 @METHODS.register("ab")
 class ActivationBoundaries(InitStage, FeatureDistiller):
+    term = "ab"
     point = "preact"
 
     @classmethod
@@ -43,19 +44,9 @@ class ActivationBoundaries(InitStage, FeatureDistiller):
         self.stage_weights = [2.0 ** (i - n + 1) for i in range(n)]
         self.watch(self.s_paths, self.t_paths)
 
-    def ab_term(self, s_feats, t_feats):
+    def transfer_loss(self, s_feats, t_feats):
         return sum(w * ab_margin_loss(conn(s_feats[s]), t_feats[t], self.margin) * 3 / 1000
                    for w, conn, s, t in zip(self.stage_weights, self.connectors, self.s_paths, self.t_paths))
-
-    def losses(self, s_logits, t_logits, s_feats, t_feats, **_):
-        terms = self.kd_term(s_logits, t_logits)
-        if not self.init_stage_ran:
-            terms["ab"] = self.beta * self.ab_term(s_feats, t_feats)
-        return terms
-
-    def init_losses(self, s_feats, t_feats, **_):
-        self.mark_init_stage()
-        return {"ab": self.ab_term(s_feats, t_feats)}
 
     def init_parameters(self):
         return self.student_parameters_up_to(self.s_paths, self.connectors)  # RepDistiller: the feature layers

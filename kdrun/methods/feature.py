@@ -92,6 +92,22 @@ class InitStage:
 
     has_init_stage = True
     init_stage_ran = False
+    term: str = ""  # the name of the method's term in the main stage
+    init_term: str = ""  # its name in the init stage (default: `term`)
+
+    def transfer_loss(self, s_feats, t_feats):
+        """The method's term, unweighted (FitNet, AB, FSP); FT overrides the losses instead."""
+        raise TypeError(f"{type(self).__name__} must define transfer_loss or override its losses")
+
+    def losses(self, s_logits, t_logits, s_feats, t_feats, **_):
+        terms = self.kd_term(s_logits, t_logits)
+        if not self.init_stage_ran:
+            terms[self.term] = self.beta * self.transfer_loss(s_feats, t_feats)
+        return terms
+
+    def init_losses(self, s_feats, t_feats, **_):
+        self.mark_init_stage()
+        return {self.init_term or self.term: self.transfer_loss(s_feats, t_feats)}
 
     def mark_init_stage(self) -> None:
         self.init_stage_ran = True

@@ -20,6 +20,9 @@ def second(paths: list[str], model=None) -> list[str]:
 
 @METHODS.register("fitnet")
 class FitNet(InitStage, FeatureDistiller):
+    term = "fitnet"
+    init_term = "fitnet_hint"
+
     def __init__(self, student, teacher, cfg, info):
         super().__init__(student, teacher, cfg, info)
         self.s_paths, self.t_paths = self.layer_paths(select=second)
@@ -28,19 +31,9 @@ class FitNet(InitStage, FeatureDistiller):
         self.regressors = nn.ModuleList(regressor(s, t, relu=True) for s, t in zip(s_shapes, t_shapes))
         self.watch(self.s_paths, self.t_paths)
 
-    def hint_loss(self, s_feats, t_feats):
+    def transfer_loss(self, s_feats, t_feats):
         return sum(F.mse_loss(reg(s_feats[s]), t_feats[t])
                    for reg, s, t in zip(self.regressors, self.s_paths, self.t_paths))
-
-    def losses(self, s_logits, t_logits, s_feats, t_feats, **_):
-        terms = self.kd_term(s_logits, t_logits)
-        if not self.init_stage_ran:
-            terms["fitnet"] = self.beta * self.hint_loss(s_feats, t_feats)
-        return terms
-
-    def init_losses(self, s_feats, t_feats, **_):
-        self.mark_init_stage()
-        return {"fitnet_hint": self.hint_loss(s_feats, t_feats)}
 
     def init_parameters(self):
         return self.student_parameters_up_to(self.s_paths, self.regressors)

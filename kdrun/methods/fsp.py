@@ -36,6 +36,8 @@ def with_first_input(stages: list[str], model: nn.Module) -> list[str]:
 
 @METHODS.register("fsp")
 class FSP(InitStage, FeatureDistiller):
+    term = "fsp"
+
     def __init__(self, student, teacher, cfg, info):
         super().__init__(student, teacher, cfg, info)
         s_paths, t_paths = self.layer_paths(select=with_first_input)
@@ -56,19 +58,9 @@ class FSP(InitStage, FeatureDistiller):
         self.t_pairs = list(zip(t_paths, t_paths[1:]))
         self.watch(s_paths, t_paths)
 
-    def fsp_term(self, s_feats, t_feats):
+    def transfer_loss(self, s_feats, t_feats):
         return sum(fsp_loss(s_feats[si], s_feats[so], t_feats[ti], t_feats[to])
                    for (si, so), (ti, to) in zip(self.s_pairs, self.t_pairs))
-
-    def losses(self, s_logits, t_logits, s_feats, t_feats, **_):
-        terms = self.kd_term(s_logits, t_logits)
-        if not self.init_stage_ran:
-            terms["fsp"] = self.beta * self.fsp_term(s_feats, t_feats)
-        return terms
-
-    def init_losses(self, s_feats, t_feats, **_):
-        self.mark_init_stage()
-        return {"fsp": self.fsp_term(s_feats, t_feats)}
 
     def init_parameters(self):
         return self.student_parameters_up_to([out for _, out in self.s_pairs])  # the feature layers (RepDistiller)
