@@ -5,6 +5,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from fixed_logits import Fixed
 from kdrun.data.base import DataInfo
 from kdrun.errors import UserError
 from kdrun.methods import build_method
@@ -34,17 +35,6 @@ def test_kd_loss_is_t_squared_scaled_kl(T):
 
 def test_kd_loss_zero_when_student_equals_teacher():
     assert kd_loss(T_LOGITS, T_LOGITS, 4.0).item() == pytest.approx(0.0, abs=1e-6)
-
-
-class Fixed(torch.nn.Module):
-    """A 'model' that returns fixed logits, so the method's total can be checked by hand."""
-
-    def __init__(self, logits):
-        super().__init__()
-        self.logits = torch.nn.Parameter(logits.clone())
-
-    def forward(self, x):
-        return self.logits
 
 
 def test_alpha_splits_hard_and_soft_terms():

@@ -7,6 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import QUICK, compose_config
+from fixed_logits import Fixed
 from kdrun.data.base import DataInfo
 from kdrun.errors import UserError
 from kdrun.methods import build_method
@@ -58,15 +59,6 @@ def test_ensemble_means_of_member_probabilities(T):
         got = ensemble_probs(stacked, T, mean)
         for g, h in zip(got.tolist(), hand([M1, M2], T)):
             assert g == pytest.approx(h, rel=1e-5)
-
-
-class Fixed(torch.nn.Module):
-    def __init__(self, logits):
-        super().__init__()
-        self.logits = torch.nn.Parameter(logits.clone())
-
-    def forward(self, x):
-        return self.logits
 
 
 def kd_config(**over):
