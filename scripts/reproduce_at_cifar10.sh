@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Zagoruyko & Komodakis 2017 (AT), CIFAR-10 (experiment=at_cifar10): the student alone, AT, KD and AT+KD
 # on the WRN pairs wrn16_2->wrn16_1, wrn40_1->wrn16_1, wrn40_2->wrn16_2, 3 seeds, then the report
-# (kdrun-report --paper at_cifar10; no published numbers are recorded yet, see kdrun/papers/at_cifar10.json).
+# (kdrun-report --paper at_cifar10; the paper's numbers as quoted by secondary sources: kdrun/papers/at_cifar10.json).
 # Three sweeps: ce and kd; at (AT alone, method.alpha=0); at with method.alpha=0.9 (AT+KD).
 #
 # usage: scripts/reproduce_at_cifar10.sh [--smoke] [--out DIR] [--seeds 0,1,2] [--teacher-seed 0|run] [OVERRIDE...]

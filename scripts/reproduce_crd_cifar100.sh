@@ -3,7 +3,7 @@
 # fitnet, at, sp, cc, vid, rkd, pkt, ab, ft, fsp, nst, crd, dkd) on the 7 same-architecture and 6
 # cross-architecture pairs of the paper's Tables 1 and 2, 3 seeds: a `kdrun -m` sweep of 14 methods x 13 pairs
 # and one of fsp on 6 pairs, 564 runs in all; each
-# teacher is trained once per seed through the teacher cache. Then the report in the paper's layout
+# teacher is trained once (its seed pinned, see --teacher-seed) and shared through the teacher cache. Then the report in the paper's layout
 # (rows methods, columns pairs) beside its numbers (kdrun-report --paper crd_cifar100).
 # fsp runs in a second sweep, on the pairs of equal stage widths only (FSP compares matrices of equal
 # shapes; the paper has no other FSP number).

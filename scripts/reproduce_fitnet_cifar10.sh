@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # FitNets (Romero et al. 2015), stage-wise: the hint stage, then KD (experiment=fitnet_cifar10), CIFAR-10, with the
-# student alone as baseline, 3 seeds; then kdrun-report --paper fitnet_cifar10 (no published numbers recorded
-# yet: kdrun/papers/fitnet_cifar10.json).
+# student alone as baseline, 3 seeds; then kdrun-report --paper fitnet_cifar10 (the published numbers could
+# not be found: kdrun/papers/fitnet_cifar10.json says so).
 #
 # usage: scripts/reproduce_fitnet_cifar10.sh [--smoke] [--out DIR] [--seeds 0,1,2] [--teacher-seed 0|run] [OVERRIDE...]
 #   --smoke   1 epoch (each stage) on 16 random 3x8x8 images, one seed, without the student-alone runs

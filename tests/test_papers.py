@@ -26,6 +26,11 @@ REPDISTILLER = {"train.epochs": 240, "train.batch_size": 64, "train.lr": 0.05, "
 HEO = {"dataset.name": "cifar10", "train.batch_size": 128, "train.lr": 0.1, "train.nesterov": True,
        "train.momentum": 0.9, "train.weight_decay": 5e-4, "train.epochs": 200,
        "train.milestones": [60, 120, 160], "train.gamma": 0.2, "dataset.augment.crop_padding": 4}
+# The Wide-ResNet setting (szagoruyko/wide-residual-networks), which BAN trains with.
+WRN = {"train.epochs": 200, "train.batch_size": 128, "train.lr": 0.1, "train.nesterov": True, "train.momentum": 0.9,
+       "train.weight_decay": 5e-4, "train.milestones": [60, 120, 160], "train.gamma": 0.2,
+       "teacher.train.epochs": 200, "teacher.train.lr": 0.1, "teacher.train.milestones": [60, 120, 160],
+       "teacher.train.gamma": 0.2, "dataset.augment.crop_padding": 4, "dataset.augment.flip": True}
 RECIPES = {
     "hinton_mnist": {"dataset.name": "mnist", "teacher.name": "mlp_1200", "teacher.hidden": [1200, 1200],
                      "student.name": "mlp_800", "student.hidden": [800, 800], "teacher.dropout": 0.5,
@@ -40,13 +45,17 @@ RECIPES = {
                    "teacher.train.milestones": [60, 120, 160], "dataset.augment.crop_padding": 4,
                    "dataset.augment.flip": True},
     "takd_cifar": {"dataset.name": "cifar100", "schedule.name": "takd", "teacher.name": "resnet110",
-                   "schedule.assistants": ["resnet20"], "student.name": "resnet8", "train.epochs": 160,
-                   "train.batch_size": 128, "train.momentum": 0.9, "train.weight_decay": 1e-4,
-                   "train.lr": 0.01, "train.milestones": [120], "teacher.train.epochs": 160,
-                   "teacher.train.weight_decay": 1e-4, "schedule.assistant.epochs": 160},
-    "ban_cifar100": {**REPDISTILLER, "dataset.name": "cifar100", "schedule.name": "ban",
-                     "schedule.generations": 3, "teacher.name": "wrn28_1", "student.name": "wrn28_1",
-                     "method.alpha": 1.0, "method.T": 1.0},
+                   "schedule.assistants": ["resnet20"], "student.name": "resnet8", "train.epochs": 150,
+                   "train.batch_size": 128, "train.momentum": 0.9, "train.nesterov": True, "train.lr": 0.1,
+                   "train.weight_decay": 1e-4, "train.milestones": [80, 120], "train.gamma": 0.1,
+                   "teacher.train.epochs": 150, "teacher.train.nesterov": True, "teacher.train.lr": 0.1,
+                   "teacher.train.milestones": [80, 120], "teacher.train.weight_decay": 1e-4,
+                   "schedule.assistant.epochs": 150, "schedule.assistant.milestones": [80, 120],
+                   "dataset.augment": None},
+    "ban_cifar100": {**WRN, "dataset.name": "cifar100", "schedule.name": "ban", "schedule.generations": 3,
+                     "teacher.name": "wrn28_1", "student.name": "wrn28_1", "method.alpha": 1.0, "method.T": 1.0,
+                     "teacher.drop_rate": 0.3, "student.drop_rate": 0.3, "schedule.gen.epochs": 200,
+                     "schedule.gen.milestones": [60, 120, 160]},
     "ab_cifar10": {**HEO, "method.name": "ab", "schedule.name": "fitnet", "teacher.name": "wrn22_4",
                    "student.name": "wrn16_2", "schedule.hint.epochs": 1, "schedule.kd_loss.T": 3.0,
                    "schedule.kd_loss.alpha": 1.0, "schedule.kd.epochs": 200, "teacher.train.epochs": 200,
@@ -54,8 +63,16 @@ RECIPES = {
     "fitnet_cifar10": {**HEO, "method.name": "fitnet", "schedule.name": "fitnet", "teacher.name": "wrn22_4",
                        "student.name": "wrn16_2", "schedule.hint.epochs": 1, "schedule.kd_loss.T": 3.0,
                        "schedule.kd_loss.alpha": 1.0},
-    "fsp_cifar10": {**HEO, "method.name": "fsp", "schedule.name": "init_then_train", "teacher.name": "resnet",
-                    "teacher.depth": 26, "student.name": "resnet8", "schedule.init.epochs": 1},
+    "fsp_cifar10": {"dataset.name": "cifar10", "method.name": "fsp", "schedule.name": "init_then_train",
+                    "teacher.name": "resnet", "teacher.depth": 26, "student.name": "resnet8",
+                    # iterations of batch 128 as epochs: 64k -> 164, 32k / 48k -> 82 / 123; stage 1 21k -> 54
+                    "train.epochs": 164, "train.batch_size": 128, "train.lr": 0.1, "train.momentum": 0.9,
+                    "train.nesterov": False, "train.weight_decay": 1e-4, "train.milestones": [82, 123],
+                    "train.gamma": 0.1, "teacher.train.epochs": 164, "teacher.train.milestones": [82, 123],
+                    "teacher.train.weight_decay": 1e-4, "schedule.init.epochs": 54, "schedule.init.lr": 0.001,
+                    "schedule.init.milestones": [28, 41], "schedule.init.gamma": 0.1,
+                    "schedule.init.weight_decay": 1e-4, "dataset.augment.crop_padding": 4,
+                    "dataset.augment.flip": False},
 }
 
 
@@ -109,6 +126,12 @@ def test_published_tables_as_data():
     assert [r["test_errors"][0] for r in hinton["rows"]] == [67, 146, 74]
     for row in hinton["rows"]:
         assert row["values"][0] == pytest.approx(100 - row["test_errors"][0] / 100)
+    for name in TABLES:  # a number quoted by a secondary source names it, and only a number does
+        paper = load_paper(name)
+        for row in paper["rows"]:
+            for v, key in zip(row["values"], row.get("from") or [None] * len(row["values"])):
+                assert (v is None) == (key is None) or "from" not in row, (name, row["label"])
+                assert key is None or key in paper["quoted_from"], (name, key)
     crd = load_paper("crd_cifar100")
     cols = [c["label"] for c in crd["columns"]]
     rows = {r["label"]: dict(zip(cols, r["values"])) for r in crd["rows"]}
@@ -118,8 +141,43 @@ def test_published_tables_as_data():
     assert rows["AT"]["vgg13→mobilenetv2"] == 59.40 and rows["FSP"]["wrn40_2→wrn40_1"] is None
 
 
-def fake_run(tmp_path, i, seed, acc, teacher_acc, **choices):
-    metrics = {"status": "completed", "test_acc": acc, "teacher_test_acc": teacher_acc, "seed": seed}
+def published(name):
+    paper = load_paper(name)
+    cols = [c["label"] for c in paper["columns"]]
+    return {r["label"]: dict(zip(cols, r["values"])) for r in paper["rows"]}
+
+
+def test_takd_numbers_are_tables_1_and_3():
+    rows = published("takd_cifar")
+    resnet100, resnet10 = "CIFAR-100 resnet110→resnet20→resnet8", "CIFAR-10 resnet110→resnet20→resnet8"
+    plain10, plain100 = "CIFAR-10 plain10→plain4→plain2", "CIFAR-100 plain10→plain4→plain2"
+    assert [rows[r][plain10] for r in ("Student alone (NOKD)", "KD", "TAKD")] == [70.16, 72.57, 73.51]
+    assert [rows[r][plain100] for r in ("Student alone (NOKD)", "KD", "TAKD")] == [41.09, 44.57, 44.92]
+    assert [rows[r][resnet100] for r in ("Student alone (NOKD)", "KD", "TAKD")] == [61.37, 61.41, 61.82]
+    assert [rows[r][resnet10] for r in ("Student alone (NOKD)", "KD", "TAKD")] == [88.52, 88.65, 88.90]
+    assert set(rows["Teacher"].values()) == {None}
+
+
+def test_ban_numbers_are_table_3_errors_as_accuracies():
+    rows = published("ban_cifar100")
+    errors = {"wrn28_1": (30.05, 29.43), "wrn28_2": (25.32, 24.38), "wrn28_10": (19.08, 18.25)}
+    for net, (teacher, ban) in errors.items():
+        assert rows["Teacher"][net] == pytest.approx(100 - teacher)
+        assert rows["BAN-1 (first generation)"][net] == pytest.approx(100 - ban)
+    gen1 = next(r for r in load_paper("ban_cifar100")["rows"] if r["label"].startswith("BAN-1"))
+    assert gen1["stage"] == "gen1"
+
+
+def test_at_numbers_name_their_secondary_source():
+    rows = published("at_cifar10")
+    assert rows["AT"] == {"wrn16_2→wrn16_1": 92.07, "wrn40_1→wrn16_1": 91.75, "wrn40_2→wrn16_2": 94.15}
+    assert set(rows["AT+KD"].values()) == {None}
+    assert set(load_paper("at_cifar10")["quoted_from"]) == {"S1", "S2"}
+
+
+def fake_run(tmp_path, i, seed, acc, teacher_acc, stages=(), **choices):
+    metrics = {"status": "completed", "test_acc": acc, "teacher_test_acc": teacher_acc, "seed": seed,
+               "stages": [{"name": name, "test_acc": a} for name, a in stages]}
     config = {"seed": seed, **{f"{k}.name": v for k, v in choices.items()}}
     return Run(path=tmp_path / str(i), metrics=metrics, config=config, choices=choices)
 
@@ -144,6 +202,21 @@ def test_comparison_cells(tmp_path):
     assert rows["AT"][col] == "— vs 70.55"
     assert comparison.unmatched == [other, wrong_data]
     assert comparison.stand_ins == 0
+
+
+def test_stage_rows_and_quoted_cells(tmp_path):
+    net = {"teacher": "wrn28_1", "student": "wrn28_1", "dataset": "cifar100", "schedule": "ban"}
+    ban = Group([fake_run(tmp_path, 0, 0, 71.0, 70.0, stages=[("gen1", 70.0), ("gen2", 71.0)], **net),
+                 fake_run(tmp_path, 1, 1, 72.0, 70.0, stages=[("gen1", 71.0), ("gen2", 72.0)], **net)])
+    rows = {r[0]: r[1:] for r in PaperComparison.of(load_paper("ban_cifar100"), [ban]).rows()}
+    assert rows["BAN-1 (first generation)"][0] == "70.50 ± 0.71 (2) vs 70.57 (-0.07)"
+    assert rows["BAN, last generation"][0] == "71.50 ± 0.71 (2) vs n/a"
+    pair = {"teacher": "wrn16_2", "student": "wrn16_1", "dataset": "cifar10"}
+    at = Group([fake_run(tmp_path, 2, 0, 92.0, 93.0, method="at", **pair)])
+    comparison = PaperComparison.of(load_paper("at_cifar10"), [at])
+    rows = {r[0]: r[1:] for r in comparison.rows()}
+    assert rows["Teacher"][0] == "93.00 (1) vs 93.69 [S1] (-0.69)"
+    assert any(n.startswith("[S2]: quoted by a secondary source") for n in comparison.notes())
 
 
 def test_report_paper_option(tmp_path):

@@ -2,9 +2,12 @@
 
 A table file has `columns` and `rows`, each with a `match` of config choices or keys (e.g.
 `{"method": "kd"}`, `{"teacher": "wrn40_2", "student": "wrn16_2"}`); a cell holds the runs whose
-configuration matches both and whose dataset is the table's (a column may name its own). A row may
-read another metric (`teacher_test_acc` for the teacher row; its values are taken once per seed, since
-every method of a pair shares the teacher of that seed). Runs on `synthetic` data stand in for the table's dataset (the
+configuration matches both and whose dataset is the table's (a column may name its own). A row may read
+another metric (`teacher_test_acc` for the teacher row; its values are taken once per seed, since every
+method of a pair shares the teacher of that seed), or one stage's accuracy (`"stage": "gen1"`, from the
+run's `stages` in metrics.json). A number read from a secondary source (another paper or a reproduction
+quoting the table) names it: the row's `from` lists, per column, a key of the table's `quoted_from`, and
+the report marks the cell with it. Runs on `synthetic` data stand in for the table's dataset (the
 scripts' `--smoke` runs), and the report says so.
 """
 from __future__ import annotations
@@ -45,10 +48,13 @@ class Cell:
     ours: Stat
     paper: Optional[float]
     configurations: int
+    quoted_from: Optional[str] = None
 
     def text(self) -> str:
         ours = "—" if self.ours.mean is None else f"{self.ours.text()} ({self.ours.n})"
         paper = "n/a" if self.paper is None else f"{self.paper:.2f}"
+        if self.paper is not None and self.quoted_from:
+            paper += f" [{self.quoted_from}]"
         diff = "" if self.ours.mean is None or self.paper is None else f" ({self.ours.mean - self.paper:+.2f})"
         star = "*" if self.configurations > 1 else ""
         return f"{ours}{star} vs {paper}{diff}"
@@ -69,11 +75,12 @@ class PaperComparison:
         for row in paper["rows"]:
             metric = row.get("metric", "test_acc")
             line = []
-            for col, published in zip(paper["columns"], row["values"]):
+            quoted = row.get("from") or [None] * len(row["values"])
+            for col, published, source in zip(paper["columns"], row["values"], quoted):
                 hits = [g for g in groups if _matches(g, {**table_match, **row["match"], **col["match"]})]
                 used.update(id(g) for g in hits)
                 pooled = len(hits) if metric != "teacher_test_acc" else min(len(hits), 1)  # one teacher: pooling intended
-                line.append(Cell(_stat(hits, metric), published, pooled))
+                line.append(Cell(_stat(hits, metric, row.get("stage")), published, pooled, source))
             cells.append(line)
         unmatched = [g for g in groups if id(g) not in used]
         stand_ins = sum(1 for g in groups if id(g) in used and display(g.value("dataset")) == STAND_IN)
@@ -90,8 +97,10 @@ class PaperComparison:
         notes = [f"Cells: ours, mean ± std over seeds (n runs), vs the paper's number (ours − paper). "
                  f"Published as: {p.get('published_as', 'top-1 test accuracy (%)')}.",
                  "Sources: " + "; ".join(p.get("sources", []))]
+        for key, source in p.get("quoted_from", {}).items():
+            notes.append(f"[{key}]: quoted by a secondary source, not read from the paper itself: {source}")
         if p.get("missing"):
-            notes.append(f"Missing from the paper: {p['missing']}")
+            notes.append(f"Not recorded, and caveats: {p['missing']}")
         if any(c.configurations > 1 for line in self.cells for c in line):
             notes.append("*: the cell pools runs of several configurations that all match it.")
         if self.stand_ins:
@@ -100,7 +109,7 @@ class PaperComparison:
         return notes
 
 
-def _stat(groups: list[Group], metric: str) -> Stat:
+def _stat(groups: list[Group], metric: str, stage: Optional[str] = None) -> Stat:
     if metric == "teacher_test_acc":  # one teacher per seed, shared by the methods: count it once
         per_seed = {}
         for g in groups:
@@ -108,4 +117,8 @@ def _stat(groups: list[Group], metric: str) -> Stat:
                 if r.metrics.get(metric) is not None:
                     per_seed.setdefault((display(g.value("dataset")), r.seed), float(r.metrics[metric]))
         return stat(list(per_seed.values()))
+    if stage is not None:
+        values = [s.get(metric) for g in groups for r in g.completed
+                  for s in r.metrics.get("stages") or [] if s.get("name") == stage]
+        return stat([float(v) for v in values if v is not None])
     return stat([float(r.metrics[metric]) for g in groups for r in g.completed if r.metrics.get(metric) is not None])
