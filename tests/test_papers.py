@@ -58,11 +58,12 @@ RECIPES = {
                      "schedule.gen.milestones": [60, 120, 160]},
     "ab_cifar10": {**HEO, "method.name": "ab", "schedule.name": "fitnet", "teacher.name": "wrn22_4",
                    "student.name": "wrn16_2", "schedule.hint.epochs": 1, "schedule.kd_loss.T": 3.0,
-                   "schedule.kd_loss.alpha": 1.0, "schedule.kd.epochs": 200, "teacher.train.epochs": 200,
+                   "schedule.kd_loss.alpha": 1 / 9, "schedule.kd_loss.ce_weight": 0.0, "schedule.kd.epochs": 200,
+                   "teacher.train.epochs": 200,
                    "teacher.train.gamma": 0.2},
     "fitnet_cifar10": {**HEO, "method.name": "fitnet", "schedule.name": "fitnet", "teacher.name": "wrn22_4",
                        "student.name": "wrn16_2", "schedule.hint.epochs": 1, "schedule.kd_loss.T": 3.0,
-                       "schedule.kd_loss.alpha": 1.0},
+                       "schedule.kd_loss.alpha": 1 / 9, "schedule.kd_loss.ce_weight": 0.0},
     "fsp_cifar10": {"dataset.name": "cifar10", "method.name": "fsp", "schedule.name": "init_then_train",
                     "teacher.name": "resnet", "teacher.depth": 26, "student.name": "resnet8",
                     # iterations of batch 128 as epochs: 64k -> 164, 32k / 48k -> 82 / 123; stage 1 21k -> 54
@@ -90,6 +91,24 @@ def test_preset_matches_the_published_recipe(name):
         assert value(cfg, key) == pytest.approx(expected) if isinstance(expected, float) else \
             value(cfg, key) == expected, (name, key, value(cfg, key), expected)
     assert (REPO / "conf" / "experiment" / f"{name}.yaml").read_text().startswith("# @package _global_")
+
+
+def test_kd_weights_reproduce_the_authors_kd_terms():
+    """AT's code: 2 * alpha * T^2 * kl_div(mean over images and classes) at alpha 0.9 on 10 classes, which
+    kdrun's per-image KL gives with alpha 0.18; AB's code: the per-image KL at T = 3 without T^2."""
+    import torch
+    import torch.nn.functional as F
+    from kdrun.methods.kd import kd_loss
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(8, 10, generator=g), torch.randn(8, 10, generator=g)
+    kl_mean_over_elements = F.kl_div(F.log_softmax(s / 4, 1), F.softmax(t / 4, 1), reduction="sum") / s.numel()
+    at_code = kl_mean_over_elements * (4 * 4 * 2.0 * 0.9)
+    assert (0.18 * kd_loss(s, t, 4.0)).item() == pytest.approx(at_code.item(), rel=1e-5)
+    assert "KD_WEIGHTS=(method.alpha=0.18 method.ce_weight=0.1)" in (REPO / "scripts/reproduce_at_cifar10.sh").read_text()
+    ab_code = -(F.softmax(t / 3, 1) * (F.log_softmax(s / 3, 1) - F.log_softmax(t / 3, 1))).sum() / 8
+    alpha = compose_config(["experiment=ab_cifar10"]).schedule.kd_loss.alpha
+    assert (alpha * kd_loss(s, t, 3.0)).item() == pytest.approx(ab_code.item(), rel=1e-5)
 
 
 def test_crd_preset_and_sweep_preset_agree():
