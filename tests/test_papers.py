@@ -238,6 +238,16 @@ def test_stage_rows_and_quoted_cells(tmp_path):
     assert any(n.startswith("[S2]: quoted by a secondary source") for n in comparison.notes())
 
 
+def test_synthetic_runs_stand_in_for_datasets_of_their_class_count(tmp_path):
+    chain = {"teacher": "resnet110", "student": "resnet8", "dataset": "synthetic", "method": "kd", "schedule": "takd"}
+    run = fake_run(tmp_path, 0, 0, 50.0, 60.0, **chain)
+    run.config["dataset.num_classes"] = 100
+    comparison = PaperComparison.of(load_paper("takd_cifar"), [Group([run])])
+    takd = {r[0]: r[1:] for r in comparison.rows()}["TAKD"]
+    assert takd[0].startswith("50.00 (1) vs 61.82") and takd[1] == "— vs 88.90"  # CIFAR-100 column only
+    assert comparison.stand_ins == 1
+
+
 def test_report_paper_option(tmp_path):
     bad = kdrun_cli([str(tmp_path), "--paper", "nope"], cwd=tmp_path, entry="kdrun-report")
     assert bad.returncode == 2 and "crd_cifar100" in bad.stderr and "Traceback" not in bad.stderr

@@ -7,8 +7,8 @@ another metric (`teacher_test_acc` for the teacher row; its values are taken onc
 method of a pair shares the teacher of that seed), or one stage's accuracy (`"stage": "gen1"`, from the
 run's `stages` in metrics.json). A number read from a secondary source (another paper or a reproduction
 quoting the table) names it: the row's `from` lists, per column, a key of the table's `quoted_from`, and
-the report marks the cell with it. Runs on `synthetic` data stand in for the table's dataset (the
-scripts' `--smoke` runs), and the report says so.
+the report marks the cell with it. Runs on `synthetic` data stand in for a dataset of their class count
+(the scripts' `--smoke` runs), and the report says so.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from kdrun.results.grouping import Group, Stat, display, stat
 
 PAPERS_DIR = Path(__file__).resolve().parents[1] / "papers"
 STAND_IN = "synthetic"
+CLASSES = {"mnist": 10, "digits": 10, "cifar10": 10, "cifar100": 100}  # a stand-in fills columns of its class count
 
 
 def paper_names() -> list[str]:
@@ -39,8 +40,13 @@ def load_paper(name: str) -> dict:
 def _matches(group: Group, match: dict) -> bool:
     def equal(key, wanted) -> bool:
         ours = display(group.value(key))
-        return ours == display(wanted) or (key == "dataset" and ours == STAND_IN)
+        return ours == display(wanted) or (key == "dataset" and ours == STAND_IN and _stands_in(group, str(wanted)))
     return all(equal(k, v) for k, v in match.items())
+
+
+def _stands_in(group: Group, dataset: str) -> bool:
+    classes = group.value("dataset.num_classes")
+    return classes is None or dataset not in CLASSES or int(classes) == CLASSES[dataset]
 
 
 @dataclass
