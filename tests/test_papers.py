@@ -246,6 +246,9 @@ def test_synthetic_runs_stand_in_for_datasets_of_their_class_count(tmp_path):
     takd = {r[0]: r[1:] for r in comparison.rows()}["TAKD"]
     assert takd[0].startswith("50.00 (1) vs 61.82") and takd[1] == "— vs 88.90"  # CIFAR-100 column only
     assert comparison.stand_ins == 1
+    unknown = fake_run(tmp_path, 1, 0, 50.0, 60.0, **chain)  # no class count recorded: any column
+    takd = {r[0]: r[1:] for r in PaperComparison.of(load_paper("takd_cifar"), [Group([unknown])]).rows()}["TAKD"]
+    assert takd[0].startswith("50.00 (1)") and takd[1].startswith("50.00 (1)")
 
 
 def test_report_paper_option(tmp_path):

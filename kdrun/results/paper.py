@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from kdrun.errors import UserError
-from kdrun.results.grouping import Group, Stat, display, stat
+from kdrun.results.grouping import MISSING, Group, Stat, display, stat
 
 PAPERS_DIR = Path(__file__).resolve().parents[1] / "papers"
 STAND_IN = "synthetic"
@@ -46,7 +46,7 @@ def _matches(group: Group, match: dict) -> bool:
 
 def _stands_in(group: Group, dataset: str) -> bool:
     classes = group.value("dataset.num_classes")
-    return classes is None or dataset not in CLASSES or int(classes) == CLASSES[dataset]
+    return classes in (None, MISSING) or dataset not in CLASSES or int(classes) == CLASSES[dataset]
 
 
 @dataclass
