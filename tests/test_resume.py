@@ -48,9 +48,14 @@ def reference(tmp_path_factory, monkeypatch, capsys):
     return _reference
 
 
-def start(args, cwd, env) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "kdrun", *args], cwd=cwd, env={**os.environ, **env},
+def start_paused(reference, tmp_path):
+    """The reference command into tmp_path/run, in a child process that waits in the middle of epoch 2."""
+    run_dir, marker = tmp_path / "run", tmp_path / "paused"
+    args, env = [*RUN, f"hydra.run.dir={run_dir}"], {**reference["env"], "KDRUN_TEST_PAUSE": f"{MID_EPOCH_2}:{marker}"}
+    proc = subprocess.Popen([sys.executable, "-m", "kdrun", *args], cwd=tmp_path, env={**os.environ, **env},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_pause(marker, proc)
+    return run_dir, args, proc
 
 
 def wait_for_pause(marker, proc) -> None:
@@ -81,10 +86,7 @@ def assert_same_as_reference(run_dir, reference_dir):
 
 def test_sigkill_in_the_middle_of_an_epoch_then_the_same_command_resumes_exactly(reference, tmp_path, monkeypatch,
                                                                                    capsys):
-    run_dir, marker = tmp_path / "run", tmp_path / "paused"
-    args, env = [*RUN, f"hydra.run.dir={run_dir}"], {**reference["env"], "KDRUN_TEST_PAUSE": f"{MID_EPOCH_2}:{marker}"}
-    proc = start(args, tmp_path, env)
-    wait_for_pause(marker, proc)
+    run_dir, args, proc = start_paused(reference, tmp_path)
     assert checkpoint_epoch(run_dir) == 1  # epoch 1 is saved, epoch 2 is under way
     proc.kill()
     proc.communicate()
@@ -99,10 +101,7 @@ def test_sigkill_in_the_middle_of_an_epoch_then_the_same_command_resumes_exactly
 
 def test_sigterm_records_interrupted_and_a_corrupt_checkpoint_is_refused_on_resume(reference, tmp_path, monkeypatch,
                                                                                    capsys):
-    run_dir, marker = tmp_path / "run", tmp_path / "paused"
-    args, env = [*RUN, f"hydra.run.dir={run_dir}"], {**reference["env"], "KDRUN_TEST_PAUSE": f"{MID_EPOCH_2}:{marker}"}
-    proc = start(args, tmp_path, env)
-    wait_for_pause(marker, proc)
+    run_dir, args, proc = start_paused(reference, tmp_path)
     proc.send_signal(signal.SIGTERM)  # what SLURM sends before pre-emption
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 143, out
