@@ -55,6 +55,16 @@ sweep() {
         || FAILED=1
 }
 
+# alone_and_preset SMOKE_OVERRIDES...: the tables of one stage-wise method on CIFAR-10: the student
+# alone (not under --smoke) and experiment=$TABLE, each one sweep; SMOKE_OVERRIDES are added to the
+# smoke settings (e.g. the length of a stage whose recipe does not follow train.epochs).
+alone_and_preset() {
+    local data=()
+    [ "$SMOKE" = 1 ] && read -r -a data <<< "$(smoke_data 3 8 10) $*"
+    [ "$SMOKE" = 1 ] || sweep "$OUT/alone" "experiment=$TABLE" method=ce schedule=single ${data[@]+"${data[@]}"}
+    sweep "$OUT/method" "experiment=$TABLE" ${data[@]+"${data[@]}"}
+}
+
 report() {
     echo "+ kdrun-report $OUT --paper $TABLE"
     "$PYTHON" -m kdrun.results.report "$OUT" --paper "$TABLE"

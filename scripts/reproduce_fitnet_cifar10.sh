@@ -11,8 +11,5 @@
 TABLE=fitnet_cifar10
 source "$(dirname "$0")/_reproduce_lib.sh"
 parse_args "$@"
-DATA=()
-[ "$SMOKE" = 1 ] && read -r -a DATA <<< "$(smoke_data 3 8 10)"
-[ "$SMOKE" = 1 ] || sweep "$OUT/alone" experiment=fitnet_cifar10 method=ce schedule=single ${DATA[@]+"${DATA[@]}"}
-sweep "$OUT/method" experiment=fitnet_cifar10 ${DATA[@]+"${DATA[@]}"}
+alone_and_preset
 report

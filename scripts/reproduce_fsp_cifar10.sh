@@ -11,8 +11,5 @@
 TABLE=fsp_cifar10
 source "$(dirname "$0")/_reproduce_lib.sh"
 parse_args "$@"
-DATA=()
-[ "$SMOKE" = 1 ] && read -r -a DATA <<< "$(smoke_data 3 8 10) schedule.init.epochs=1 schedule.init.milestones=[]"
-[ "$SMOKE" = 1 ] || sweep "$OUT/alone" experiment=fsp_cifar10 method=ce schedule=single ${DATA[@]+"${DATA[@]}"}
-sweep "$OUT/method" experiment=fsp_cifar10 ${DATA[@]+"${DATA[@]}"}
+alone_and_preset schedule.init.epochs=1 schedule.init.milestones=[]
 report
