@@ -61,9 +61,24 @@ RECIPES = {
                    "schedule.kd_loss.alpha": 1 / 9, "schedule.kd_loss.ce_weight": 0.0, "schedule.kd.epochs": 200,
                    "teacher.train.epochs": 200,
                    "teacher.train.gamma": 0.2},
-    "fitnet_cifar10": {**HEO, "method.name": "fitnet", "schedule.name": "fitnet", "teacher.name": "wrn22_4",
-                       "student.name": "wrn16_2", "schedule.hint.epochs": 1, "schedule.kd_loss.T": 3.0,
-                       "schedule.kd_loss.alpha": 1 / 9, "schedule.kd_loss.ce_weight": 0.0},
+    # FitNets A.1 and the authors' pylearn2 configs (FitNet 4's, retrained on all 50k: 288 epochs); the
+    # teacher: Goodfellow et al.'s cifar10.yaml.
+    "fitnet_cifar10": {"dataset.name": "cifar10", "teacher.name": "maxout_cifar", "student.name": "fitnet4",
+                       "method.name": "fitnet", "method.regressor": "maxout", "schedule.name": "fitnet",
+                       "dataset.whiten.gcn_scale": 55.0, "dataset.whiten.zca_bias": 0.1,
+                       "dataset.augment.crop_padding": 8, "dataset.augment.flip": True,
+                       "train.optimizer": "rmsprop", "train.rmsprop_decay": 0.9, "train.rmsprop_eps": 1e-5,
+                       "train.lr": 0.005, "train.batch_size": 128, "train.momentum": 0.0, "train.weight_decay": 0.0,
+                       "schedule.hint.epochs": 288, "schedule.kd.epochs": 288, "schedule.hint.optimizer": "rmsprop",
+                       "schedule.kd.optimizer": "rmsprop", "schedule.hint.lr": 0.005, "schedule.kd.milestones": [],
+                       "schedule.kd_loss.T": 3.0, "schedule.kd_loss.alpha": 4 / 9, "schedule.kd_loss.ce_weight": 1.0,
+                       "schedule.kd_loss.alpha_anneal": [4, 400, 1 / 9],
+                       "teacher.train.optimizer": "sgd", "teacher.train.epochs": 474, "teacher.train.batch_size": 128,
+                       # pylearn2 counts epoch e as e epochs seen: lr 0.17 (1 - 0.99 e / 500) until epoch 500
+                       "teacher.train.lr": 0.17 * (1 - 0.99 / 500), "teacher.train.momentum": 0.5,
+                       "teacher.train.momentum_ramp": [250, 0.65], "teacher.train.lr_decay": "linear",
+                       "teacher.train.milestones": [500], "teacher.train.gamma": 0.0017 / (0.17 * (1 - 0.99 / 500)),
+                       "teacher.train.weight_decay": 0.0, "teacher.input_dropout": 0.2, "teacher.dropout": 0.5},
     "fsp_cifar10": {"dataset.name": "cifar10", "method.name": "fsp", "schedule.name": "init_then_train",
                     "teacher.name": "resnet", "teacher.depth": 26, "student.name": "resnet8",
                     # iterations of batch 128 as epochs: 64k -> 164, 32k / 48k -> 82 / 123; stage 1 21k -> 54
@@ -192,6 +207,14 @@ def test_at_numbers_name_their_secondary_source():
     assert rows["AT"] == {"wrn16_2→wrn16_1": 92.07, "wrn40_1→wrn16_1": 91.75, "wrn40_2→wrn16_2": 94.15}
     assert set(rows["AT+KD"].values()) == {None}
     assert set(load_paper("at_cifar10")["quoted_from"]) == {"S1", "S2"}
+
+
+def test_fitnet_numbers_are_table_5():
+    rows = published("fitnet_cifar10")
+    cols = [f"maxout_cifar→fitnet{v}" for v in (1, 2, 3, 4)]
+    assert [rows["Teacher"][c] for c in cols] == [90.18] * 4
+    assert [rows["FitNet (hints, then KD)"][c] for c in cols] == [89.01, 91.06, 91.10, 91.61]
+    assert set(rows["Student alone"].values()) == {None}
 
 
 def fake_run(tmp_path, i, seed, acc, teacher_acc, stages=(), **choices):

@@ -1,15 +1,20 @@
 """Datasets by name. Each loader takes the dataset config and returns `RawData` on the CPU."""
 from __future__ import annotations
 
+import logging
+import time
+
 import torch
 from omegaconf import DictConfig
 
 from kdrun.data.augment import build_augment
 from kdrun.data.base import DataInfo, Dataset, RawData, Split, channel_stats, hold_out
+from kdrun.data.whiten import whiten_splits, whitening_from_config
 from kdrun.errors import require
 from kdrun.registry import Registry
 
 DATASETS: Registry = Registry("dataset", "dataset")
+log = logging.getLogger("kdrun")
 
 # Loaders register themselves on import.
 from kdrun.data import cifar, digits, mnist, synthetic  # noqa: E402,F401
@@ -24,6 +29,7 @@ def build_dataset(cfg: DictConfig, device: torch.device) -> Dataset:
     require(val_size >= 0, f"dataset.val_size must be 0 or more, got {val_size}.")
     # `dataset.augment` (when the dataset's config has the key) decides the training augmentation.
     augment = build_augment(cfg.augment) if "augment" in cfg else None
+    whitening = whitening_from_config(cfg.get("whiten"))
     raw: RawData = loader(cfg)
     train, test = raw.train, raw.test
     if cfg.get("test_size"):
@@ -37,12 +43,24 @@ def build_dataset(cfg: DictConfig, device: torch.device) -> Dataset:
         train, val = hold_out(train, val_size, seed=int(cfg.get("val_seed", 0)))
     if cfg.get("train_size"):
         train = train.take(torch.arange(min(int(cfg.train_size), len(train))))
-    mean, std = channel_stats(train.x)
+    train, test = train.to(device), test.to(device)
+    val = val.to(device) if val is not None else None
+    if whitening is None:
+        mean, std = channel_stats(train.x)
+    else:  # fitted on the training data actually used (after the hold-out and train_size)
+        start = time.perf_counter()
+        train, val, test = whiten_splits(whitening, train, val, test)
+        if train.x.is_cuda:
+            torch.cuda.synchronize(train.x.device)  # so the time logged is the time taken
+        log.info("Data whitened (GCN scale %g, ZCA bias %g; ZCA fitted on the %d training images) in %.1f s.",
+                 whitening.gcn_scale, whitening.zca_bias, len(train), time.perf_counter() - start)
+        # prepare() then passes the whitened values through unchanged
+        mean, std = torch.zeros(1, train.x.shape[1], 1, 1), torch.ones(1, train.x.shape[1], 1, 1)
     return Dataset(
         name=str(cfg.name),
-        train=train.to(device),
-        test=test.to(device),
-        val=val.to(device) if val is not None else None,
+        train=train,
+        test=test,
+        val=val,
         num_classes=raw.num_classes,
         mean=mean.to(device),
         std=std.to(device),

@@ -4,6 +4,9 @@ loss = (1 - alpha) * CE(student, y) + alpha * T^2 * KL(softmax(t / T) || softmax
 the KL averaged over the batch. T^2 keeps the soft-target gradients' scale independent of T.
 
 Options:
+- `alpha_anneal`: [start, end, final]: alpha goes linearly from `alpha` in epoch `start` to `final` in
+  epoch `end` of the stage (FitNets anneals its KD weight lambda from 4 to 1); needs an explicit
+  `ce_weight`.
 - `teachers`: more teachers, which with `teacher` form an ensemble (Hinton et al. 2015); the soft
   targets are the `ensemble` (arithmetic or geometric) mean of the members' probabilities at T.
 - `variant`: born-again networks' ablations (Furlanello et al. 2018). `cwtm` (confidence-weighted by
@@ -62,6 +65,20 @@ def check_temperature_and_alpha(cfg) -> None:
             f"method.alpha weights the soft-target term and must lie in [0, 1], got {alpha}.")
 
 
+def check_anneal(cfg) -> None:
+    anneal = cfg.get("alpha_anneal")
+    if anneal is None:
+        return
+    shape_ok = not isinstance(anneal, str) and len(anneal) == 3 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in anneal)
+    require(shape_ok and 1 <= anneal[0] < anneal[1] and 0 <= anneal[2] <= 1,
+            f"method.alpha_anneal must be null or [start_epoch, end_epoch, final_alpha] with 1 <= start < end "
+            f"and final in [0, 1], e.g. [4, 400, 0.111]; got {anneal!r}.")
+    require(cfg.get("ce_weight") is not None,
+            "method.alpha_anneal changes alpha over the epochs, so the hard-label weight cannot follow it as "
+            "1 - alpha: set method.ce_weight (e.g. 1.0).")
+
+
 @METHODS.register("kd")
 class KD(Distiller):
     @classmethod
@@ -73,6 +90,7 @@ class KD(Distiller):
         mean = cfg.get("ensemble", "arithmetic")
         require(mean in ENSEMBLE_MEANS,
                 f"method.ensemble (how members' probabilities are averaged) must be arithmetic or geometric, got {mean!r}.")
+        check_anneal(cfg)
         teachers = cfg.get("teachers") or []
         require(not isinstance(teachers, str),
                 f"method.teachers is a list of model names, e.g. method.teachers=[{teachers}], got {teachers!r}.")
@@ -83,6 +101,8 @@ class KD(Distiller):
     def __init__(self, student, teacher, cfg, info):
         super().__init__(student, teacher, cfg, info)
         self.T, self.alpha = float(cfg.T), float(cfg.alpha)
+        anneal = cfg.get("alpha_anneal")
+        self.anneal = tuple(float(v) for v in anneal) if anneal is not None else None
         self.variant = cfg.get("variant")
         self.ensemble_mean = cfg.get("ensemble", "arithmetic")
 
@@ -97,12 +117,20 @@ class KD(Distiller):
             return ensemble_probs(t_logits, T, self.ensemble_mean)
         return F.softmax(t_logits.float() / T, dim=1)
 
-    def losses(self, s_logits, t_logits, y, **_):
-        if not self.alpha:
+    def alpha_at(self, epoch: int) -> float:
+        if self.anneal is None:
+            return self.alpha
+        start, end, final = self.anneal
+        progress = min(max((epoch - start) / (end - start), 0.0), 1.0)
+        return self.alpha + (final - self.alpha) * progress
+
+    def losses(self, s_logits, t_logits, y, epoch=1, **_):
+        alpha = self.alpha_at(epoch)
+        if not alpha:
             return {}
         if self.variant == "cwtm":
-            return {"cwtm": self.alpha * cwtm_loss(s_logits, y, self.teacher_probs(t_logits, 1.0))}
+            return {"cwtm": alpha * cwtm_loss(s_logits, y, self.teacher_probs(t_logits, 1.0))}
         p_teacher = self.teacher_probs(t_logits, self.T)
         if self.variant == "dkpp":
             p_teacher = permuted_dark_knowledge(p_teacher, y)
-        return {"kd": self.alpha * soft_target_loss(s_logits, p_teacher, self.T)}
+        return {"kd": alpha * soft_target_loss(s_logits, p_teacher, self.T)}

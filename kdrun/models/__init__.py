@@ -3,7 +3,7 @@
 A constructor takes the dataset's shape (`num_classes`, `in_channels`, `image_size` as (H, W)) plus
 its own keyword arguments; those with defaults become the config keys of the model (e.g.
 `teacher.dropout`). A config node with `_target_` builds a user's own model class instead, with the
-same shape arguments. One file per family: mlp, wrn, resnet, resnet_imagenet, vgg, mobilenetv2, shufflenet, plain.
+same shape arguments. One file per family: mlp, wrn, resnet, resnet_imagenet, vgg, mobilenetv2, shufflenet, plain, maxout.
 Architectures, initialisation and state_dict keys follow RepDistiller (TAKD for the plain CNNs), so
 their checkpoints load; fixed-size pools became adaptive so MNIST's 28x28 works too.
 
@@ -38,7 +38,8 @@ SHAPE_ARGS = ("num_classes", "in_channels", "image_size")
 NODE_KEYS = ("name", "checkpoint", "train", "seed", "_target_")  # config keys that are not constructor arguments
 
 # Importing a family registers its names.
-from kdrun.models import mlp, mobilenetv2, plain, resnet, resnet_imagenet, shufflenet, vgg, wrn  # noqa: E402,F401
+from kdrun.models import (  # noqa: E402,F401
+    maxout, mlp, mobilenetv2, plain, resnet, resnet_imagenet, shufflenet, vgg, wrn)
 
 
 def model_defaults(name: str) -> dict:

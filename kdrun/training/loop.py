@@ -1,4 +1,4 @@
-"""Train one stage: epochs of SGD over on-device batches, test after each epoch, a checkpoint each epoch.
+"""Train one stage: epochs of the recipe's optimiser over on-device batches, a test and a checkpoint each epoch.
 
 The per-epoch randomness (batch order, augmentation, dropout) is derived from (seed, stage, epoch),
 so a stage resumed from its checkpoint continues exactly as an uninterrupted one would.
@@ -85,8 +85,9 @@ def fit(
     """Train `parameters` (default: every trainable parameter of the method, student included)."""
     params = parameters if parameters is not None else [p for p in distiller.parameters() if p.requires_grad]
     speed = start_stage(distiller, data, recipe)  # before the optimiser: it may change memory formats
-    optimizer = recipe.optimizer(params)
-    scheduler = recipe.scheduler(optimizer)
+    optimizer = recipe.make_optimizer(params, distiller)
+    scheduler = recipe.make_scheduler(optimizer)
+    constrained = constrained_modules(distiller, params)
     result = StageResult()
     start = 1
     if checkpoint is not None and checkpoint.exists():
@@ -122,6 +123,8 @@ def fit(
             step = 0
             terms: dict[str, torch.Tensor] = {}
             t0 = time.perf_counter()
+            if recipe.momentum_ramp is not None:  # a function of the epoch alone: resumes exactly
+                set_momentum(optimizer, recipe.momentum_in(epoch))
             for idx, x, y in data.batches(data.train, recipe.batch_size, shuffle=True, seed=seed_e, train=True):
                 with speed.autocast():
                     _, losses = distiller.forward_train(speed.batch(x), y, epoch, idx)
@@ -138,6 +141,8 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if constrained:
+                    constrain(constrained)
                 total += loss.detach() * len(y)
                 for k, v in losses.items():
                     terms[k] = terms.get(k, 0) + v.detach() * len(y)
@@ -172,6 +177,25 @@ def fit(
                 on_epoch(entry)
     distiller.teacher_cache = None
     return result
+
+
+def set_momentum(optimizer: torch.optim.Optimizer, momentum: float) -> None:
+    for group in optimizer.param_groups:
+        group["momentum"] = momentum
+
+
+def constrained_modules(distiller: Distiller, params: list) -> list[nn.Module]:
+    """The modules with a `constrain_()` (e.g. a max-norm on their weights) that hold trained parameters."""
+    trained = {id(p) for p in params}
+    return [m for m in distiller.modules()
+            if callable(getattr(m, "constrain_", None)) and any(id(p) in trained for p in m.parameters())]
+
+
+@torch.no_grad()
+def constrain(modules: list[nn.Module]) -> None:
+    """After each optimiser step, as pylearn2 applies max_kernel_norm / max_col_norm in its update."""
+    for module in modules:
+        module.constrain_()
 
 
 def diverged(distiller: Distiller, recipe: Recipe, stage: str, epoch: int, step: int, value: float,

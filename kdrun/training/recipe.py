@@ -1,14 +1,20 @@
-"""A training recipe (`train.*`, `teacher.train.*`, a stage's recipe): SGD with momentum, step decay."""
+"""A training recipe (`train.*`, `teacher.train.*`, a stage's recipe): the optimiser (SGD or RMSprop),
+its learning-rate decay (step or linear), an optional momentum ramp, and per-module learning-rate scales."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Callable, Optional
 
 import torch
+import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from kdrun.errors import UserError, require
 from kdrun.training.speed import RUNTIME_KEYS, check_precision, parse_switch
+
+OPTIMIZERS = ("sgd", "rmsprop")
+LR_DECAYS = ("step", "linear")
 
 
 @dataclass(frozen=True)
@@ -21,6 +27,12 @@ class Recipe:
     milestones: tuple[int, ...] = field(default_factory=tuple)
     gamma: float = 0.1
     nesterov: bool = False
+    optimizer: str = "sgd"
+    # pylearn2's RMSProp(decay=0.9, max_scaling=1e5) divides by max(rms, 1e-5); torch divides by rms + eps.
+    rmsprop_decay: float = 0.9
+    rmsprop_eps: float = 1e-5
+    lr_decay: str = "step"
+    momentum_ramp: Optional[tuple[int, float]] = None  # (last epoch of the ramp, final momentum)
     # How fast, not what: speed and rounding only (kdrun.training.speed); not in the teacher cache key.
     precision: str = "auto"
     channels_last: str = "auto"
@@ -36,6 +48,8 @@ class Recipe:
             raise UserError(f"Unknown key(s) {unknown} in {where}. Valid keys: {sorted(known)}.")
         check_types(values, where)
         values["milestones"] = tuple(int(m) for m in values.get("milestones") or ())
+        if values.get("momentum_ramp") is not None:
+            values["momentum_ramp"] = (int(values["momentum_ramp"][0]), float(values["momentum_ramp"][1]))
         r = cls(**values)
         require(float(r.gamma) > 0, f"{where}.gamma must be positive, got {r.gamma}.")
         require(all(m >= 1 for m in r.milestones), f"{where}.milestones are epochs, 1 or more: got {list(r.milestones)}.")
@@ -44,30 +58,132 @@ class Recipe:
         require(float(r.lr) > 0, f"{where}.lr must be positive, got {r.lr}.")
         require(0 <= float(r.momentum) < 1, f"{where}.momentum must lie in [0, 1), got {r.momentum}.")
         require(float(r.weight_decay) >= 0, f"{where}.weight_decay must be 0 or more, got {r.weight_decay}.")
+        check_optimizer(r, where)
+        check_lr_decay(r, where)
+        check_momentum_ramp(r, where)
         check_precision(r.precision, f"{where}.precision")
         for key in ("channels_last", "compile", "cache_teacher"):
             parse_switch(getattr(r, key), f"{where}.{key}")
         return r
 
-    def optimizer(self, params) -> torch.optim.Optimizer:
+    def make_optimizer(self, params, model: Optional[nn.Module] = None) -> torch.optim.Optimizer:
+        """The optimiser of `params`. Those owned by a module of `model` with an `lr_scale` attribute get
+        their own param group at lr * lr_scale; without such modules there is one group, as always."""
         params = list(params)
+        groups = lr_scaled_groups(params, model) if model is not None else []
+        target = [{"params": ps, "lr": self.lr * scale} for scale, ps in groups] if groups else params
+        if self.optimizer == "rmsprop":
+            return torch.optim.RMSprop(target, lr=self.lr, alpha=self.rmsprop_decay, eps=self.rmsprop_eps,
+                                       momentum=self.momentum, weight_decay=self.weight_decay, centered=False)
         # One fused kernel for the whole update on CUDA (same arithmetic as the per-tensor loop).
         fused = {"fused": True} if params and all(p.is_cuda for p in params) else {}
-        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+        return torch.optim.SGD(target, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
                                nesterov=self.nesterov and self.momentum > 0, **fused)
 
-    def scheduler(self, optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    def make_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        """Stepped once per epoch; each param group's lr follows the decay relative to its own initial lr."""
+        if self.lr_decay == "linear":
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, linear_decay(self.gamma, self.milestones[0]))
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(self.milestones), gamma=self.gamma)
+
+    def momentum_in(self, epoch: int) -> float:
+        """The momentum of epoch `epoch` (1-based): `momentum`, or along the ramp to its final value.
+
+        pylearn2's MomentumAdjustor(start=1, saturate=S, final_momentum=f) is exactly `momentum_ramp: [S, f]`:
+        Train runs its extensions once before the first epoch, so its counter is e during epoch e and
+        alpha = clip((e - 1) / (S - 1), 0, 1), as here."""
+        if self.momentum_ramp is None:
+            return self.momentum
+        last, final = self.momentum_ramp
+        alpha = min(epoch - 1, last - 1) / (last - 1)
+        return self.momentum * (1 - alpha) + final * alpha
 
     def as_dict(self) -> dict:
         """The keys that decide what is computed (the teacher cache key): the speed keys are left out."""
-        d = {k: v for k, v in self.__dict__.items() if k not in RUNTIME_KEYS}
+        d = {k: v for k, v in self.__dict__.items() if k not in RUNTIME_KEYS and not self.left_out_of_key(k)}
         d["milestones"] = list(self.milestones)
+        if "momentum_ramp" in d:
+            d["momentum_ramp"] = list(self.momentum_ramp)
         return d
+
+    def left_out_of_key(self, key: str) -> bool:
+        """A key added after teachers were first cached, at its default (or an RMSprop key under SGD): left
+        out of `as_dict`, so that recipes that do not use it keep their cache key and find their teachers."""
+        if key in ("rmsprop_decay", "rmsprop_eps") and self.optimizer != "rmsprop":
+            return True
+        return key in LATER_KEYS and getattr(self, key) == LATER_KEYS[key]
+
+
+LATER_KEYS = {f.name: f.default for f in fields(Recipe)
+              if f.name in ("optimizer", "rmsprop_decay", "rmsprop_eps", "lr_decay", "momentum_ramp")}
+
+
+def linear_decay(gamma: float, last: int) -> Callable[[int], float]:
+    """LambdaLR's factor after k steps (in epoch k + 1): 1 in epoch 1, falling linearly to gamma in epoch
+    `last`, gamma after. pylearn2's LinearDecayOverEpoch(start=1, saturate=S, decay_factor=g) with learning
+    rate L is already one step down in epoch 1 (its counter is e during epoch e): L * (1 - (1 - g) * e / S).
+    That is exactly lr = L * (S - 1 + g) / S, milestones [S], gamma = g * S / (S - 1 + g) here."""
+    def factor(steps: int) -> float:
+        done = min(steps, last - 1) / (last - 1)
+        return gamma * done + (1 - done)
+    return factor
+
+
+def lr_scaled_groups(params: list, model: nn.Module) -> list[tuple[float, list]]:
+    """`params` split by the `lr_scale` of the module that holds them directly (pylearn2's W_lr_scale and
+    b_lr_scale), the unscaled ones first (group 0 is the default group); [] when none is scaled."""
+    trained = {id(p) for p in params}
+    scale_of: dict[int, float] = {}
+    for name, module in model.named_modules():
+        scale = getattr(module, "lr_scale", None)
+        if scale is None:
+            continue
+        if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0 < scale < math.inf):
+            raise UserError(f"Module {name or type(module).__name__!r} has lr_scale={scale!r}: "
+                            f"expected a positive number (its learning rate is lr * lr_scale).")
+        for p in module.parameters(recurse=False):
+            if id(p) in trained:
+                scale_of.setdefault(id(p), float(scale))
+    if not scale_of:
+        return []
+    groups: dict[float, list] = {1.0: []}
+    for p in params:
+        groups.setdefault(scale_of.get(id(p), 1.0), []).append(p)
+    return [(scale, ps) for scale, ps in groups.items() if ps]
+
+
+def check_optimizer(r: Recipe, where: str) -> None:
+    if r.optimizer == "rmsprop":
+        require(not r.nesterov, f"{where}.nesterov=true needs {where}.optimizer=sgd (Nesterov momentum is "
+                                f"SGD's); set {where}.nesterov=false for rmsprop.")
+    require(0 <= float(r.rmsprop_decay) < 1, f"{where}.rmsprop_decay must lie in [0, 1), got {r.rmsprop_decay}.")
+    require(float(r.rmsprop_eps) > 0, f"{where}.rmsprop_eps must be positive, got {r.rmsprop_eps}.")
+
+
+def check_lr_decay(r: Recipe, where: str) -> None:
+    if r.lr_decay == "linear":
+        require(len(r.milestones) == 1 and r.milestones[0] >= 2,
+                f"{where}.lr_decay=linear needs exactly one milestone, the epoch (2 or more) from which the lr "
+                f"is lr * gamma, e.g. {where}.milestones=[250]: got {list(r.milestones)}.")
+
+
+def check_momentum_ramp(r: Recipe, where: str) -> None:
+    if r.momentum_ramp is None:
+        return
+    last, final = r.momentum_ramp
+    require(last >= 2, f"{where}.momentum_ramp=[{last}, {final}]: its first value is the epoch (2 or more) in "
+                       f"which the momentum reaches its final value; to start at it, set {where}.momentum.")
+    require(0 <= final < 1, f"{where}.momentum_ramp=[{last}, {final}]: the final momentum must lie in [0, 1).")
+    # torch's RMSprop keeps no momentum buffer when the first step has none, and its Nesterov SGD
+    # refuses a momentum of 0: such a ramp must start above 0.
+    require(r.momentum > 0 or not (r.optimizer == "rmsprop" or r.nesterov),
+            f"{where}.momentum_ramp with {where}.optimizer={r.optimizer}"
+            f"{' and nesterov' if r.nesterov else ''} needs a positive starting {where}.momentum, got 0.")
 
 
 INT_KEYS = ("epochs", "batch_size")
-NUMBER_KEYS = ("lr", "momentum", "weight_decay", "gamma")
+NUMBER_KEYS = ("lr", "momentum", "weight_decay", "gamma", "rmsprop_decay", "rmsprop_eps")
+CHOICE_KEYS = {"optimizer": OPTIMIZERS, "lr_decay": LR_DECAYS}
 
 
 def check_types(values: dict, where: str) -> None:
@@ -76,15 +192,29 @@ def check_types(values: dict, where: str) -> None:
         raise UserError(f"{where}.{key}={values[key]}: expected {expected}.")
 
     for key in INT_KEYS:
-        if key in values and not (isinstance(values[key], int) and not isinstance(values[key], bool)):
+        if key in values and not is_int(values[key]):
             wrong(key, "an integer")
     for key in NUMBER_KEYS:
         v = values.get(key, 0.0)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        if not is_number(v) or not math.isfinite(v):
             wrong(key, "a finite number")
+    for key, choices in CHOICE_KEYS.items():
+        if key in values and values[key] not in choices:
+            wrong(key, f"one of {', '.join(choices)}")
     if "nesterov" in values and not isinstance(values["nesterov"], bool):
         wrong("nesterov", "true or false")
     milestones = values.get("milestones")
-    if milestones is not None and not (isinstance(milestones, list) and all(
-            isinstance(m, int) and not isinstance(m, bool) for m in milestones)):
+    if milestones is not None and not (isinstance(milestones, list) and all(is_int(m) for m in milestones)):
         wrong("milestones", "a list of epochs, e.g. [20,25] or []")
+    ramp = values.get("momentum_ramp")
+    if ramp is not None and not (isinstance(ramp, list) and len(ramp) == 2 and is_int(ramp[0])
+                                 and is_number(ramp[1]) and math.isfinite(ramp[1])):
+        wrong("momentum_ramp", "null or [last epoch, final momentum], e.g. [250, 0.7]")
+
+
+def is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)

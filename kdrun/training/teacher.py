@@ -37,6 +37,8 @@ def model_identity(model_cfg: DictConfig) -> dict:
 
 def dataset_identity(dataset_cfg: DictConfig) -> dict:
     dataset = {k: v for k, v in OmegaConf.to_container(dataset_cfg, resolve=True).items() if k != "download"}
+    if "whiten" in dataset and dataset["whiten"] is None:  # so teachers cached before the key existed keep theirs
+        del dataset["whiten"]
     if dataset.get("root"):
         dataset["root"] = str(Path(dataset["root"]).expanduser().resolve())
     return dataset
