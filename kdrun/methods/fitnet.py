@@ -23,6 +23,10 @@ from kdrun.models.maxout import MaxoutConv
 REGRESSORS = ("conv_bn_relu", "maxout")
 
 
+def regressor_kind(cfg) -> str:
+    return cfg.get("regressor", "conv_bn_relu")
+
+
 def second(paths: list[str], model=None) -> list[str]:
     return [paths[min(1, len(paths) - 1)]]
 
@@ -34,7 +38,7 @@ class FitNet(InitStage, FeatureDistiller):
 
     @classmethod
     def validate(cls, cfg) -> None:
-        kind = cfg.get("regressor", "conv_bn_relu")
+        kind = regressor_kind(cfg)
         require(kind in REGRESSORS, f"method.regressor must be one of {', '.join(REGRESSORS)}, got {kind!r}.")
         super().validate(cfg)
 
@@ -43,7 +47,7 @@ class FitNet(InitStage, FeatureDistiller):
         self.s_paths, self.t_paths = self.layer_paths(select=second)
         s_shapes = self.shapes(student, self.s_paths, "student")
         t_shapes = self.shapes(teacher, self.t_paths, "teacher")
-        build = maxout_regressor if cfg.get("regressor", "conv_bn_relu") == "maxout" else partial(regressor, relu=True)
+        build = maxout_regressor if regressor_kind(cfg) == "maxout" else partial(regressor, relu=True)
         self.regressors = nn.ModuleList(build(s, t) for s, t in zip(s_shapes, t_shapes))
         self.watch(self.s_paths, self.t_paths)
 

@@ -41,7 +41,7 @@ def max_of_pieces(z: torch.Tensor, pieces: int) -> torch.Tensor:
 class MaxoutConv(nn.Module):
     """Dropout on the input (teacher only), conv, maxout, then an optional max-pool."""
 
-    def __init__(self, in_channels: int, units: int, pieces: int, kernel: int, padding: int,
+    def __init__(self, in_channels: int, units: int, pieces: int, kernel: int | tuple[int, int], padding: int,
                  pool: nn.Module | None, max_norm: float, irange: float = IRANGE,
                  lr_scale: float | None = CONV_LR_SCALE, dropout: float = 0.0):
         super().__init__()
