@@ -102,10 +102,11 @@ def test_augmentation_pads_whitened_images_with_zeros():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("dataset.whiten={gcn_scale:55.0,zca_bias:0.1,scale:2}", "Unknown dataset.whiten key.*scale"),
+    ("+dataset.whiten.scale=2", "Unknown dataset.whiten key.*scale"),
     ("dataset.whiten={gcn_scale:0.0,zca_bias:0.1}", "dataset.whiten.gcn_scale must be above 0"),
     ("dataset.whiten={gcn_scale:55.0,zca_bias:-1.0}", "dataset.whiten.zca_bias must be above 0"),
     ("dataset.whiten={gcn_scale:55.0}", "dataset.whiten lacks zca_bias"),
+    ("dataset.whiten.gcn_scale=55", "dataset.whiten lacks zca_bias"),
     ("dataset.whiten={gcn_scale:abc,zca_bias:0.1}", "dataset.whiten.gcn_scale must be a number"),
     ("dataset.whiten=true", "dataset.whiten must be null or a group"),
 ])
@@ -125,5 +126,7 @@ def test_teacher_cache_key_depends_on_whiten_and_ignores_a_null_one():
     plain = key([])
     assert plain != key([WHITEN])
     assert key([WHITEN]) != key(["dataset.whiten={gcn_scale:55.0,zca_bias:0.2}"])
+    assert key([WHITEN]) == key(["dataset.whiten.gcn_scale=55", "dataset.whiten.zca_bias=0.1"])
+    assert plain == key(["dataset.whiten=null"])
     # a config from before dataset.whiten existed: its cached teachers keep their keys
     assert plain == key([], without_whiten=True)

@@ -18,7 +18,7 @@ from kdrun.data.base import Split
 from kdrun.errors import UserError, require
 
 KEYS = ("gcn_scale", "zca_bias")
-EXAMPLE = "dataset.whiten='{gcn_scale:55.0,zca_bias:0.1}'"
+EXAMPLE = "dataset.whiten.gcn_scale=55 dataset.whiten.zca_bias=0.1"
 CHUNK = 4096  # rows per float64 block: 4096 x 3072 doubles are 100 MB
 
 
@@ -29,8 +29,8 @@ class Whitening:
 
 
 def whitening_from_config(cfg) -> Optional[Whitening]:
-    """`dataset.whiten` -> the settings, or None when it is null."""
-    if cfg is None:
+    """`dataset.whiten` -> the settings, or None when it is null or all its keys are."""
+    if cfg is None or is_off(cfg):
         return None
     if not isinstance(cfg, (DictConfig, dict)):
         raise UserError(f"dataset.whiten must be null or a group of keys ({', '.join(KEYS)}), got {cfg!r}. "
@@ -39,7 +39,7 @@ def whitening_from_config(cfg) -> Optional[Whitening]:
     unknown = sorted(set(values) - set(KEYS))
     require(not unknown, f"Unknown dataset.whiten key(s) {', '.join(map(str, unknown))}; "
                          f"valid keys: {', '.join(KEYS)}.")
-    missing = [key for key in KEYS if key not in values]
+    missing = [key for key in KEYS if values.get(key) is None]
     require(not missing, f"dataset.whiten lacks {', '.join(missing)}: give both keys, e.g. {EXAMPLE}")
     for key in KEYS:
         value = values[key]
@@ -52,6 +52,10 @@ def whitening_from_config(cfg) -> Optional[Whitening]:
                                     f"global contrast normalisation makes the covariance singular "
                                     f"(pylearn2's default is 0.1).")
     return Whitening(float(values["gcn_scale"]), float(values["zca_bias"]))
+
+
+def is_off(cfg) -> bool:
+    return isinstance(cfg, (DictConfig, dict)) and all(cfg.get(key) is None for key in cfg)
 
 
 def global_contrast_normalize(x: torch.Tensor, scale: float, min_divisor: float = 1e-8) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from kdrun.data.base import Dataset
+from kdrun.data.whiten import is_off
 from kdrun.errors import UserError
 from kdrun.methods import method_class
 from kdrun.models import build_model, model_label
@@ -37,8 +38,10 @@ def model_identity(model_cfg: DictConfig) -> dict:
 
 def dataset_identity(dataset_cfg: DictConfig) -> dict:
     dataset = {k: v for k, v in OmegaConf.to_container(dataset_cfg, resolve=True).items() if k != "download"}
-    if "whiten" in dataset and dataset["whiten"] is None:  # so teachers cached before the key existed keep theirs
-        del dataset["whiten"]
+    whiten = dataset.pop("whiten", None)
+    if whiten is not None and not is_off(whiten):  # off: left out, so teachers cached before the key existed keep theirs
+        dataset["whiten"] = {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+                             for k, v in whiten.items()}  # 55 and 55.0 are the same whitening
     if dataset.get("root"):
         dataset["root"] = str(Path(dataset["root"]).expanduser().resolve())
     return dataset
