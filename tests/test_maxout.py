@@ -11,7 +11,7 @@ from kdrun.errors import UserError
 from kdrun.methods import build_method
 from kdrun.methods.kd import soft_target_loss
 from kdrun.models import MODELS
-from kdrun.models.maxout import MaxoutConv, max_of_pieces
+from kdrun.models.maxout import MaxoutConv, ScaledDropout, max_of_pieces
 
 CIFAR = dict(num_classes=10, in_channels=3, image_size=(32, 32))
 
@@ -104,6 +104,21 @@ def test_teacher_shapes_follow_the_pylearn2_config_and_its_dropout_is_training_o
     assert not torch.equal(teacher(x), teacher(x))
     with pytest.raises(UserError, match="at least 28 pixels"):
         MODELS.get("maxout_cifar")(num_classes=10, in_channels=3, image_size=(8, 8))
+
+
+def test_scaled_dropout_is_pylearn2s_mask_times_scale():
+    torch.manual_seed(0)
+    x = torch.rand(4000) + 1.0
+    for scale in (1.0, 1 / 0.8, 3.0):
+        drop = ScaledDropout(0.2, scale).train()
+        out = drop(x)
+        kept = out != 0
+        assert torch.allclose(out[kept], x[kept] * scale)  # x * mask * scale
+        assert 0.75 < kept.float().mean() < 0.85
+        assert torch.equal(drop.eval()(x), x)
+    # the teacher's input (input_scales h0: 1.) keeps its pixels as they are; later layers use 1/(1 - p)
+    teacher = build("maxout_cifar")
+    assert teacher.layers[0].drop.scale == 1.0 and teacher.layers[1].drop.scale == 2.0
 
 
 def fitnet_config(**over):

@@ -38,15 +38,30 @@ def max_of_pieces(z: torch.Tensor, pieces: int) -> torch.Tensor:
     return z.unflatten(1, (z.shape[1] // pieces, pieces)).amax(2)
 
 
+class ScaledDropout(nn.Dropout):
+    """pylearn2's dropout: in training, x * mask * scale (kept with probability 1 - p); unchanged in eval.
+    scale = 1 / (1 - p) is the usual inverted dropout; Goodfellow et al.'s CIFAR-10 network gives its
+    input `input_scales: {h0: 1.}`, so kept pixels stay as they are while training, and the test images,
+    which nothing drops, are seen at full strength."""
+
+    def __init__(self, p: float, scale: float):
+        super().__init__(p)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * (self.scale * (1 - self.p)) if self.training else x
+
+
 class MaxoutConv(nn.Module):
     """Dropout on the input (teacher only), conv, maxout, then an optional max-pool."""
 
     def __init__(self, in_channels: int, units: int, pieces: int, kernel: int | tuple[int, int], padding: int,
                  pool: nn.Module | None, max_norm: float, irange: float = IRANGE,
-                 lr_scale: float | None = CONV_LR_SCALE, dropout: float = 0.0):
+                 lr_scale: float | None = CONV_LR_SCALE, dropout: float = 0.0, dropout_scale: float | None = None):
         super().__init__()
         self.pieces, self.max_norm = pieces, max_norm
-        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.drop = (ScaledDropout(dropout, 1 / (1 - dropout) if dropout_scale is None else dropout_scale)
+                     if dropout else nn.Identity())
         self.conv = nn.Conv2d(in_channels, units * pieces, kernel, padding=padding)
         uniform_(self.conv, irange)
         if lr_scale is not None:
@@ -121,10 +136,10 @@ def pooled(size: int, kernel: int, stride: int) -> int:
 
 
 def maxout_cifar(num_classes: int, in_channels: int, image_size, input_dropout: float = 0.2,
-                 dropout: float = 0.5) -> MaxoutNet:
+                 input_dropout_scale: float = 1.0, dropout: float = 0.5) -> MaxoutNet:
     """Goodfellow et al. 2013's CIFAR-10 network (pylearn2 scripts/papers/maxout/cifar10.yaml): maxout
     conv 96-192-192 (2 pieces; kernels 8, 8, 5; pads 4, 3, 3; pools 4/2, 4/2, 2/2), maxout fc 500 x 5,
-    softmax; dropout 0.2 on the input, 0.5 on every other layer's input."""
+    softmax; dropout 0.2 on the input (kept pixels not rescaled), 0.5 on every other layer's input."""
     spec = [(96, 8, 4, 4, 2, 0.9), (192, 8, 3, 4, 2, 1.9365), (192, 5, 3, 2, 2, 1.9365)]
     h, w = _side(image_size)
     layers, channels = [], in_channels
@@ -135,7 +150,8 @@ def maxout_cifar(num_classes: int, in_channels: int, image_size, input_dropout: 
                             f"{image_size}. Use a dataset of larger images or a FitNet student.")
         h, w = pooled(h, pool, stride), pooled(w, pool, stride)
         layers.append(MaxoutConv(channels, units, 2, kernel, pad, nn.MaxPool2d(pool, stride, ceil_mode=True),
-                                 max_norm, dropout=input_dropout if i == 0 else dropout))
+                                 max_norm, dropout=input_dropout if i == 0 else dropout,
+                                 dropout_scale=input_dropout_scale if i == 0 else None))
         channels = units
     return MaxoutNet(layers, (channels, h, w), num_classes, stage_ends=[0, 1, 2], dropout=dropout)
 
