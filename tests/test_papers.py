@@ -209,6 +209,14 @@ def test_at_numbers_name_their_secondary_source():
     assert set(load_paper("at_cifar10")["quoted_from"]) == {"S1", "S2"}
 
 
+def test_fsp_numbers_are_table_3_as_the_survey_quotes_it():
+    rows = published("fsp_cifar10")
+    assert {label: cells["resnet26→resnet8"] for label, cells in rows.items()} == {
+        "Teacher": 91.91, "Student alone": 87.91, "FSP": 88.70}
+    paper = load_paper("fsp_cifar10")
+    assert set(paper["quoted_from"]) == {"S1"} and all(row["from"] == ["S1"] for row in paper["rows"])
+
+
 def test_fitnet_numbers_are_table_5():
     rows = published("fitnet_cifar10")
     cols = [f"maxout_cifar→fitnet{v}" for v in (1, 2, 3, 4)]
