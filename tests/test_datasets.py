@@ -17,8 +17,10 @@ import torch
 
 from conftest import REPO, compose_config, kdrun_cli, read_json
 from kdrun.data import build_dataset, cifar, mnist
-from kdrun.data.augment import Augmentation, random_flip, random_shift
+from kdrun.data.augment import Augmentation, pad, random_flip, random_shift
 from kdrun.errors import UserError
+from kdrun.training.recipe import Recipe
+from kdrun.training.teacher import cache_key
 from kdrun.training.run import run
 
 CPU = torch.device("cpu")
@@ -317,6 +319,35 @@ def test_training_batches_are_padded_with_black_before_normalising(tmp_path):
     assert torch.allclose(data.prepare(x, train=False), white.expand_as(out))  # no augmentation at test time
 
 
+@pytest.mark.parametrize("mode", ["constant", "edge", "reflect", "symmetric"])
+def test_padding_modes_are_numpys(mode):
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).view(2, 3, 4, 5)
+    for p in (1, 3):  # numpy's modes: reflect = dcb|abcd, symmetric = cba|abcd (OpenCV's BORDER_REFLECT)
+        expected = np.pad(x.numpy(), ((0, 0), (0, 0), (p, p), (p, p)), mode=mode)
+        assert np.array_equal(pad(x, p, mode).numpy(), expected)
+    row = torch.tensor([[[[1.0, 2.0, 3.0]]]]).expand(1, 1, 3, 3)
+    assert pad(row, 2, "reflect")[0, 0, 0].tolist() == [3.0, 2.0, 1.0, 2.0, 3.0, 2.0, 1.0]
+    assert pad(row, 2, "symmetric")[0, 0, 0].tolist() == [2.0, 1.0, 1.0, 2.0, 3.0, 3.0, 2.0]
+
+
+def test_a_reflected_crop_is_a_window_of_the_reflected_image():
+    x = torch.rand(32, 3, 8, 8)
+    out = Augmentation(crop_padding=2, padding_mode="reflect")(x, torch.Generator().manual_seed(0))
+    windows = pad(x, 2, "reflect").unfold(2, 8, 1).unfold(3, 8, 1)  # (n, c, 5, 5, 8, 8)
+    for image, crops in zip(out, windows):
+        assert any(torch.equal(image, crops[:, i, j]) for i in range(5) for j in range(5))
+    assert not (out == 0).any()  # nothing black is added
+
+
+def test_default_padding_mode_keeps_the_teacher_cache_key():
+    def key(overrides):
+        cfg = compose_config(["dataset=cifar10"] + overrides)
+        return cache_key(cfg.teacher, cfg.dataset, Recipe.from_config(cfg.teacher.train), 0)
+
+    assert key([]) == key(["~dataset.augment.padding_mode"])  # as before the key existed
+    assert key([]) != key(["dataset.augment.padding_mode=reflect"])
+
+
 def test_training_batches_depend_only_on_the_seed(tmp_path):
     write_cifar10(tmp_path, per_batch=8)
     data = load(["dataset=cifar10", f"dataset.root={tmp_path}"])
@@ -341,6 +372,12 @@ def test_augmentation_keys(tmp_path):
         load(base + ["dataset.augment.crop_padding=-1"])
     with pytest.raises(UserError, match="valid keys"):
         load(base + ["+dataset.augment.rotate=10"])
+    assert load(base + ["dataset.augment.padding_mode=reflect"]).augment == Augmentation(4, 0, True, "reflect")
+    with pytest.raises(UserError, match="padding_mode must be one of constant, edge, reflect, symmetric"):
+        load(base + ["dataset.augment.padding_mode=mirror"])
+    with pytest.raises(UserError, match="at most 31 pixels"):
+        load(base + ["dataset.augment.padding_mode=reflect", "dataset.augment.crop_padding=40"]).augment(
+            torch.zeros(1, 3, 32, 32))
 
 
 # ---------------------------------------------------------------- through a run

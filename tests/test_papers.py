@@ -22,15 +22,18 @@ REPDISTILLER = {"train.epochs": 240, "train.batch_size": 64, "train.lr": 0.05, "
                 "train.weight_decay": 5e-4, "train.milestones": [150, 180, 210], "train.gamma": 0.1,
                 "teacher.train.epochs": 240, "teacher.train.batch_size": 64, "teacher.train.lr": 0.05,
                 "teacher.train.milestones": [150, 180, 210], "teacher.train.weight_decay": 5e-4,
-                "dataset.augment.crop_padding": 4, "dataset.augment.flip": True}
+                "dataset.augment.crop_padding": 4, "dataset.augment.padding_mode": "constant",
+                "dataset.augment.flip": True}
 HEO = {"dataset.name": "cifar10", "train.batch_size": 128, "train.lr": 0.1, "train.nesterov": True,
        "train.momentum": 0.9, "train.weight_decay": 5e-4, "train.epochs": 200,
-       "train.milestones": [60, 120, 160], "train.gamma": 0.2, "dataset.augment.crop_padding": 4}
+       "train.milestones": [60, 120, 160], "train.gamma": 0.2, "dataset.augment.crop_padding": 4,
+       "dataset.augment.padding_mode": "reflect"}
 # The Wide-ResNet setting (szagoruyko/wide-residual-networks), which BAN trains with.
 WRN = {"train.epochs": 200, "train.batch_size": 128, "train.lr": 0.1, "train.nesterov": True, "train.momentum": 0.9,
        "train.weight_decay": 5e-4, "train.milestones": [60, 120, 160], "train.gamma": 0.2,
        "teacher.train.epochs": 200, "teacher.train.lr": 0.1, "teacher.train.milestones": [60, 120, 160],
-       "teacher.train.gamma": 0.2, "dataset.augment.crop_padding": 4, "dataset.augment.flip": True}
+       "teacher.train.gamma": 0.2, "dataset.augment.crop_padding": 4, "dataset.augment.flip": True,
+       "dataset.augment.padding_mode": "reflect"}
 RECIPES = {
     "hinton_mnist": {"dataset.name": "mnist", "teacher.name": "mlp_1200", "teacher.hidden": [1200, 1200],
                      "student.name": "mlp_800", "student.hidden": [800, 800], "teacher.dropout": 0.5,
@@ -43,7 +46,7 @@ RECIPES = {
                    "train.weight_decay": 5e-4, "train.milestones": [60, 120, 160], "train.gamma": 0.2,
                    "teacher.train.epochs": 200, "teacher.train.lr": 0.1, "teacher.train.gamma": 0.2,
                    "teacher.train.milestones": [60, 120, 160], "dataset.augment.crop_padding": 4,
-                   "dataset.augment.flip": True},
+                   "dataset.augment.padding_mode": "symmetric", "dataset.augment.flip": True},
     "takd_cifar": {"dataset.name": "cifar100", "schedule.name": "takd", "teacher.name": "resnet110",
                    "schedule.assistants": ["resnet20"], "student.name": "resnet8", "train.epochs": 150,
                    "train.batch_size": 128, "train.momentum": 0.9, "train.nesterov": True, "train.lr": 0.1,

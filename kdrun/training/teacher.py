@@ -42,6 +42,9 @@ def dataset_identity(dataset_cfg: DictConfig) -> dict:
     if whiten is not None and not is_off(whiten):  # off: left out, so teachers cached before the key existed keep theirs
         dataset["whiten"] = {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
                              for k, v in whiten.items()}  # 55 and 55.0 are the same whitening
+    augment = dataset.get("augment")
+    if isinstance(augment, dict) and augment.get("padding_mode") == "constant":  # the fill before the key existed
+        del augment["padding_mode"]
     if dataset.get("root"):
         dataset["root"] = str(Path(dataset["root"]).expanduser().resolve())
     return dataset
