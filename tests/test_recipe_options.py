@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from conftest import compose_config
 from kdrun.data import build_dataset
+from kdrun.data.augment import Augmentation
 from kdrun.errors import UserError
 from kdrun.methods import build_method
 from kdrun.training.loop import constrained_modules, fit
@@ -268,6 +269,9 @@ def test_no_constraint_without_constrain_or_for_frozen_modules():
     ({"momentum_ramp": [2.5, 0.9]}, "train.momentum_ramp=[2.5, 0.9]: expected null or"),
     ({"momentum_ramp": [5, 1.0]}, "the final momentum must lie in [0, 1)"),
     ({"momentum_ramp": [1, 0.9]}, "train.momentum_ramp=[1, 0.9]: its first value is the epoch (2 or more)"),
+    ({"augment": {"rotate": 10}}, "Unknown train.augment key(s) rotate"),
+    ({"augment": {"translate": -1}}, "train.augment.translate must be a whole number of pixels"),
+    ({"augment": True}, "train.augment must be a group of keys"),
     ({"momentum_ramp": [5, 0.9], "momentum": 0.0, "optimizer": "rmsprop"},
      "train.momentum_ramp with train.optimizer=rmsprop needs a positive starting train.momentum"),
 ])
@@ -279,12 +283,40 @@ def test_impossible_values_name_the_key(values, needle):
 
 def test_configs_carry_the_keys_and_stage_recipes_follow_train():
     overrides = ["schedule=fitnet", "train.optimizer=rmsprop", "train.momentum=0.3", "train.lr_decay=linear",
-                 "train.milestones=[9]", "train.momentum_ramp=[5,0.5]"]
+                 "train.milestones=[9]", "train.momentum_ramp=[5,0.5]", "train.augment={flip:true}"]
     cfg = compose_config(overrides)
-    hint = Recipe.from_config(cfg.schedule.hint, "schedule.hint")
-    assert (hint.optimizer, hint.lr_decay, hint.momentum_ramp) == ("rmsprop", "linear", (5, 0.5))
+    for node in ("hint", "kd"):
+        stage = Recipe.from_config(cfg.schedule[node], f"schedule.{node}")
+        assert (stage.optimizer, stage.lr_decay, stage.momentum_ramp) == ("rmsprop", "linear", (5, 0.5))
+        assert stage.augment == {"flip": True}
     teacher = Recipe.from_config(cfg.teacher.train, "teacher.train")
-    assert (teacher.optimizer, teacher.lr_decay, teacher.momentum_ramp) == ("sgd", "step", None)
+    assert (teacher.optimizer, teacher.lr_decay, teacher.momentum_ramp, teacher.augment) == ("sgd", "step", None, None)
+
+
+def test_a_recipes_augmentation_replaces_the_datasets():
+    data = build_dataset(OmegaConf.create({"name": "synthetic", "train_size": 32, "test_size": 16, "channels": 1,
+                                           "image_size": 8, "num_classes": 4, "augment": {"crop_padding": 2}}), CPU)
+    assert data.augment == Augmentation(crop_padding=2)
+    assert recipe().data_for(data) is data
+    assert recipe(augment={"translate": 2}).data_for(data).augment == Augmentation(translate=2)
+    assert recipe(augment={}).data_for(data).augment is None  # off for this recipe
+    assert data.augment == Augmentation(crop_padding=2)  # the dataset itself is left as it is
+
+
+def test_fit_trains_on_the_recipes_augmentation(monkeypatch):
+    seen = []
+    monkeypatch.setattr(Augmentation, "__call__", lambda self, x, generator=None: seen.append(self) or x)
+    data = tiny_data()
+    distiller = build_method(OmegaConf.create({"name": "ce"}), TinyNet(), None, data.info)
+    fit(distiller, data, recipe(epochs=1, augment={"translate": 1}), stage="student", seed=0)
+    assert seen and set(seen) == {Augmentation(translate=1)}
+
+
+def test_hintons_teacher_alone_is_jittered():
+    cfg = compose_config(["experiment=hinton_mnist"])
+    assert cfg.dataset.augment is None
+    assert Recipe.from_config(cfg.teacher.train, "teacher.train").augment == {"translate": 2}
+    assert Recipe.from_config(cfg.train, "train").augment is None
 
 
 def test_default_recipes_keep_their_cache_key():

@@ -40,7 +40,7 @@ def pad(x: torch.Tensor, p: int, mode: str = "constant") -> torch.Tensor:
         return F.pad(x, (p, p, p, p))
     h, w = x.shape[-2:]
     limit = min(h, w) - (1 if mode == "reflect" else 0) if mode != "edge" else p
-    require(p <= limit, f"dataset.augment.padding_mode={mode} can pad a {h}x{w} image by at most {limit} pixels, "
+    require(p <= limit, f"padding_mode={mode} can pad a {h}x{w} image by at most {limit} pixels, "
                         f"got crop_padding={p}.")
     return x[..., pad_index(h, p, mode, x.device), :][..., pad_index(w, p, mode, x.device)]
 
@@ -92,23 +92,23 @@ class Augmentation:
         return bool(self.crop_padding or self.translate or self.flip)
 
 
-def build_augment(cfg: Optional[DictConfig]) -> Optional[Augmentation]:
-    """`dataset.augment` -> the batch augmentation, or None when it is null or switches nothing on."""
+def build_augment(cfg, where: str = "dataset.augment") -> Optional[Augmentation]:
+    """`dataset.augment` (or a recipe's `augment`) -> the batch augmentation, or None when it is null or
+    switches nothing on."""
     if cfg is None:
         return None
-    if not isinstance(cfg, DictConfig):
-        raise UserError(f"dataset.augment must be a group of keys ({', '.join(KEYS)}) or null, got {cfg!r}.")
-    values = OmegaConf.to_container(cfg, resolve=True)
-    unknown = sorted(set(values) - set(KEYS))
-    require(not unknown, f"Unknown dataset.augment key(s) {', '.join(unknown)}; valid keys: {', '.join(KEYS)}.")
+    if not isinstance(cfg, (DictConfig, dict)):
+        raise UserError(f"{where} must be a group of keys ({', '.join(KEYS)}) or null, got {cfg!r}.")
+    values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    unknown = sorted(map(str, set(values) - set(KEYS)))
+    require(not unknown, f"Unknown {where} key(s) {', '.join(unknown)}; valid keys: {', '.join(KEYS)}.")
     for key in ("crop_padding", "translate"):
         value = values.get(key) or 0
         require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-                f"dataset.augment.{key} must be a whole number of pixels, 0 or more; got {value!r}.")
+                f"{where}.{key} must be a whole number of pixels, 0 or more; got {value!r}.")
     flip = values.get("flip") or False
-    require(isinstance(flip, bool), f"dataset.augment.flip must be true or false, got {flip!r}.")
+    require(isinstance(flip, bool), f"{where}.flip must be true or false, got {flip!r}.")
     mode = values.get("padding_mode") or "constant"
-    require(mode in PADDING_MODES, f"dataset.augment.padding_mode must be one of {', '.join(PADDING_MODES)}; "
-                                   f"got {mode!r}.")
+    require(mode in PADDING_MODES, f"{where}.padding_mode must be one of {', '.join(PADDING_MODES)}; got {mode!r}.")
     aug = Augmentation(int(values.get("crop_padding") or 0), int(values.get("translate") or 0), flip, mode)
     return aug if aug else None

@@ -84,6 +84,7 @@ def fit(
 ) -> StageResult:
     """Train `parameters` (default: every trainable parameter of the method, student included)."""
     params = parameters if parameters is not None else [p for p in distiller.parameters() if p.requires_grad]
+    data = recipe.data_for(data)
     speed = start_stage(distiller, data, recipe)  # before the optimiser: it may change memory formats
     optimizer = recipe.make_optimizer(params, distiller)
     scheduler = recipe.make_scheduler(optimizer)

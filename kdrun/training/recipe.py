@@ -2,6 +2,7 @@
 its learning-rate decay (step or linear), an optional momentum ramp, and per-module learning-rate scales."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 from typing import Callable, Optional
@@ -10,6 +11,8 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
+from kdrun.data.augment import build_augment
+from kdrun.data.base import Dataset
 from kdrun.errors import UserError, require
 from kdrun.training.speed import RUNTIME_KEYS, check_precision, parse_switch
 
@@ -33,6 +36,8 @@ class Recipe:
     rmsprop_eps: float = 1e-5
     lr_decay: str = "step"
     momentum_ramp: Optional[tuple[int, float]] = None  # (last epoch of the ramp, final momentum)
+    # The training batches' augmentation (dataset.augment's keys) in place of the dataset's; None: the dataset's.
+    augment: Optional[dict] = None
     # How fast, not what: speed and rounding only (kdrun.training.speed); not in the teacher cache key.
     precision: str = "auto"
     channels_last: str = "auto"
@@ -50,6 +55,8 @@ class Recipe:
         values["milestones"] = tuple(int(m) for m in values.get("milestones") or ())
         if values.get("momentum_ramp") is not None:
             values["momentum_ramp"] = (int(values["momentum_ramp"][0]), float(values["momentum_ramp"][1]))
+        if values.get("augment") is not None:
+            build_augment(values["augment"], f"{where}.augment")  # the user's mistakes named now, not mid-run
         r = cls(**values)
         require(float(r.gamma) > 0, f"{where}.gamma must be positive, got {r.gamma}.")
         require(all(m >= 1 for m in r.milestones), f"{where}.milestones are epochs, 1 or more: got {list(r.milestones)}.")
@@ -79,6 +86,12 @@ class Recipe:
         fused = {"fused": True} if params and all(p.is_cuda for p in params) else {}
         return torch.optim.SGD(target, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
                                nesterov=self.nesterov and self.momentum > 0, **fused)
+
+    def data_for(self, data: Dataset) -> Dataset:
+        """`data` with this recipe's augmentation, when it has its own."""
+        if self.augment is None:
+            return data
+        return dataclasses.replace(data, augment=build_augment(self.augment, "augment"))
 
     def make_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
         """Stepped once per epoch; each param group's lr follows the decay relative to its own initial lr."""
@@ -115,7 +128,7 @@ class Recipe:
 
 
 LATER_KEYS = {f.name: f.default for f in fields(Recipe)
-              if f.name in ("optimizer", "rmsprop_decay", "rmsprop_eps", "lr_decay", "momentum_ramp")}
+              if f.name in ("optimizer", "rmsprop_decay", "rmsprop_eps", "lr_decay", "momentum_ramp", "augment")}
 
 
 def linear_decay(gamma: float, last: int) -> Callable[[int], float]:
