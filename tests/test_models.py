@@ -213,3 +213,23 @@ def test_wrn40_2_distils_into_wrn16_2_on_the_cpu(tmp_path, monkeypatch):
     assert (metrics["status"], metrics["teacher"], metrics["student"]) == ("completed", "wrn40_2", "wrn16_2")
     weights = torch.load(tmp_path / "run" / "student.pt", weights_only=True)
     assert weights["block3.layer.1.conv2.weight"].shape == (128, 128, 3, 3)
+
+
+def test_mlp_max_norm_caps_each_hidden_units_incoming_weights():
+    from kdrun.training.loop import constrain, constrained_modules
+
+    mlp = MODELS.get("mlp")(num_classes=3, in_channels=1, image_size=(2, 2), hidden=[4, 4], max_norm=1.5)
+    with torch.no_grad():
+        for layer in mlp.hidden:
+            layer[0].weight.copy_(torch.arange(16.0).view(4, 4) / 4)  # row norms 0.94, 2.87, 4.86, 6.85
+        mlp.fc.weight.fill_(10.0)
+    before = mlp.hidden[0][0].weight.clone()
+    modules = constrained_modules(mlp, list(mlp.parameters()))
+    assert modules == [mlp.hidden[0][0], mlp.hidden[1][0]]  # the hidden layers, not the classifier
+    constrain(modules)
+    norms = mlp.hidden[0][0].weight.norm(dim=1)
+    assert torch.allclose(norms, torch.tensor([before[0].norm().item(), 1.5, 1.5, 1.5]), atol=1e-5)
+    assert torch.allclose(mlp.hidden[0][0].weight[1], before[1] * 1.5 / before[1].norm(), atol=1e-5)  # scaled down
+    assert torch.equal(mlp.fc.weight, torch.full_like(mlp.fc.weight, 10.0))
+    plain = MODELS.get("mlp")(num_classes=3, in_channels=1, image_size=(2, 2), hidden=[4])
+    assert constrained_modules(plain, list(plain.parameters())) == []

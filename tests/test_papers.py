@@ -37,7 +37,8 @@ WRN = {"train.epochs": 200, "train.batch_size": 128, "train.lr": 0.1, "train.nes
 RECIPES = {
     "hinton_mnist": {"dataset.name": "mnist", "teacher.name": "mlp_1200", "teacher.hidden": [1200, 1200],
                      "student.name": "mlp_800", "student.hidden": [800, 800], "teacher.dropout": 0.5,
-                     "teacher.input_dropout": 0.2, "student.dropout": 0.0, "teacher.train.augment.translate": 2,
+                     "teacher.input_dropout": 0.2, "teacher.max_norm": 3.5, "student.max_norm": None,
+                     "student.dropout": 0.0, "teacher.train.augment.translate": 2,
                      "dataset.augment": None,
                      "method.name": "kd", "method.T": 20.0},
     "crd_cifar100": {**REPDISTILLER, "dataset.name": "cifar100", "method.name": "kd", "method.T": 4.0,

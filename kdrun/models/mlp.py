@@ -3,20 +3,38 @@ from __future__ import annotations
 
 from functools import partial
 from math import prod
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
+from kdrun.errors import require
+from kdrun.models.maxout import cap_norms_
+
+
+class MaxNormLinear(nn.Linear):
+    """A linear layer whose units' incoming weight vectors are capped at L2 norm `max_norm` after every
+    optimiser step (the max-norm constraint of the dropout papers: Hinton et al. 2012, Srivastava et al. 2014)."""
+
+    def __init__(self, in_features: int, out_features: int, max_norm: float):
+        super().__init__(in_features, out_features)
+        self.max_norm = max_norm
+
+    def constrain_(self) -> None:
+        cap_norms_(self.weight, self.max_norm)
+
 
 class MLP(nn.Module):
     def __init__(self, num_classes: int, in_channels: int, image_size, hidden=(1200, 1200),
-                 dropout: float = 0.0, input_dropout: float = 0.0):
+                 dropout: float = 0.0, input_dropout: float = 0.0, max_norm: Optional[float] = None):
         super().__init__()
+        require(max_norm is None or max_norm > 0, f"mlp: max_norm must be positive or null, got {max_norm}.")
         width = in_channels * prod(image_size)
         self.input_dropout = nn.Dropout(input_dropout)
         layers = []
         for h in hidden:
-            layers.append(nn.Sequential(nn.Linear(width, h), nn.ReLU(inplace=False), nn.Dropout(dropout)))
+            linear = nn.Linear(width, h) if max_norm is None else MaxNormLinear(width, h, max_norm)
+            layers.append(nn.Sequential(linear, nn.ReLU(inplace=False), nn.Dropout(dropout)))
             width = h
         self.hidden = nn.ModuleList(layers)
         self.fc = nn.Linear(width, num_classes)
