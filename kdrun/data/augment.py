@@ -39,9 +39,10 @@ def pad(x: torch.Tensor, p: int, mode: str = "constant") -> torch.Tensor:
     if mode == "constant":
         return F.pad(x, (p, p, p, p))
     h, w = x.shape[-2:]
-    limit = min(h, w) - (1 if mode == "reflect" else 0) if mode != "edge" else p
-    require(p <= limit, f"padding_mode={mode} can pad a {h}x{w} image by at most {limit} pixels, "
-                        f"got crop_padding={p}.")
+    if mode != "edge":  # a mirror needs as many pixels as it pads (reflect: one more, the edge it mirrors about)
+        limit = min(h, w) - (mode == "reflect")
+        require(p <= limit, f"padding_mode={mode} can pad a {h}x{w} image by at most {limit} pixels, "
+                            f"got crop_padding={p}.")
     return x[..., pad_index(h, p, mode, x.device), :][..., pad_index(w, p, mode, x.device)]
 
 
