@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from kdrun.configs import CONFIG_DIR, check_launcher, register_configs
 from kdrun.errors import UserError
+from kdrun.override_check import check_override_keys
 
 log = logging.getLogger("kdrun")
 
@@ -97,6 +98,7 @@ def main() -> None:
     register_configs()
     try:
         check_launcher(sys.argv[1:])
+        check_override_keys(sys.argv[1:])
     except UserError as e:
         sys.stderr.write(f"kdrun: {e}\n")
         sys.exit(2)

@@ -1,13 +1,14 @@
 """Values of the wrong type, keys that do not exist and broken interpolations, named before a run starts.
 
-Hydra refuses unknown group options (`student=nope`) and unknown keys in overrides (`method.Tx=3`)
-itself, but it passes values through untyped: `train.epochs=abc` arrives as the string "abc". So every
-value of the composed config is compared with the defaults of the same group choices (the config the
-user would get without value overrides): an integer stays an integer, a number a number, a flag a
-flag, a list a list. `null` is taken where the default is null, a list or a group, and for the keys in
-NULLABLE (documented as "N or null"); elsewhere it is refused. Keys added with `+` that the defaults
-lack are refused as well, except in the model nodes, whose extra keys are constructor arguments (the
-model then says whether it takes them).
+Hydra refuses unknown group options (`student=nope`), override_check unknown keys in overrides
+(`method.Tx=3`), but Hydra passes values through untyped: `train.epochs=abc` arrives as the string
+"abc". So every value of the composed config is compared with the defaults of the same group choices
+(the config the user would get without value overrides): an integer stays an integer, a number a
+number, a flag a flag, a list a list. `null` is taken where the default is null, a list or a group, and
+for the keys in NULLABLE (documented as "N or null"); elsewhere it is refused. Keys added with `+` that
+the defaults lack are refused as well, except in the model nodes, whose extra keys are constructor
+arguments (the model then says whether it takes them), and in `dataset.augment` (the augmentation then
+says).
 """
 from __future__ import annotations
 
@@ -22,10 +23,12 @@ from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryV
 
 from kdrun.configs import CONFIG_DIR
 from kdrun.errors import UserError
+from kdrun.override_check import unknown_key
 
 log = logging.getLogger("kdrun")
 OPEN_NODES = ("teacher", "student")  # their extra keys are model constructor arguments
 CLOSED_SUBNODES = ("teacher.train",)  # ... but a teacher's recipe has fixed keys
+OPEN_KEYS = ("dataset.augment",)  # a dataset lists the augmentations it uses; build_augment judges the rest
 NULLABLE = ("ce_weight", "train_size", "test_size")  # numbers whose null means something (see their configs)
 
 
@@ -103,15 +106,13 @@ def _compare(value: Any, default: Any, key: str) -> None:
     if isinstance(default, dict):
         if not isinstance(value, dict):
             _wrong(key, value, default, "a group of keys")
-        open_node = key.split(".")[0] in OPEN_NODES and key not in CLOSED_SUBNODES
+        open_node = key.split(".")[0] in OPEN_NODES and key not in CLOSED_SUBNODES or key in OPEN_KEYS
         for k, v in value.items():
             sub = f"{key}.{k}" if key else str(k)
             if k in default:
                 _compare(v, default[k], sub)
             elif not open_node:
-                valid = ", ".join(str(d) for d in default) or "none"
-                raise UserError(f"{sub} is not a key of this config ({key or 'top level'} has: {valid}). "
-                                f"Check its spelling; `kdrun --cfg job` prints every key.")
+                raise UserError(unknown_key(sub, key, list(default)))
     elif isinstance(default, bool):
         if not isinstance(value, bool):
             _wrong(key, value, default, "true or false")

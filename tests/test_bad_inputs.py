@@ -16,8 +16,10 @@ from omegaconf import OmegaConf
 from conftest import QUICK, compose_config, kdrun_cli, read_json
 from inprocess import kdrun_in_process, one_cpu_thread  # noqa: F401  (autouse fixture)
 from kdrun.config_check import check_config
+from kdrun.data.augment import build_augment
 from kdrun.errors import UserError
 from kdrun.models.mlp import MLP
+from kdrun.override_check import check_override_keys
 from kdrun.training.recipe import Recipe
 from kdrun.training.run import run
 
@@ -51,17 +53,64 @@ def assert_refused(code, out, *needles, status=2):
         assert needle in out, (needle, out)
 
 
-# Unknown group names and unknown keys: Hydra's own messages, before kdrun runs.
-@pytest.mark.parametrize("override,needles", [
-    ("student=nope", ["Could not find 'student/nope'", "mlp_800"]),
-    ("method.Tx=3", ["Could not override 'method.Tx'", "Key 'Tx' is not in struct"]),
+def test_unknown_group_option_gets_hydras_message_with_the_options(cli):
+    assert_refused(*cli("student=nope"), "Could not find 'student/nope'", "mlp_800", status=1)
+
+
+def test_a_mistyped_key_is_named_with_its_nodes_keys_before_hydra_runs(cli):
+    code, out = cli("method.Tx=3")
+    assert_refused(code, out, "method.Tx is not a key of this config (method has: name, T, alpha",
+                   "Did you mean method.T?")
+    assert "not in struct" not in out and "+method.Tx" not in out  # not Hydra's advice to add it with +
+
+
+@pytest.mark.parametrize("argv,needles", [
+    (["train.epochz=3"], ["train.epochz is not a key", "Did you mean train.epochs?"]),
+    (["tran.epochs=3"], ["tran.epochs is not a key", "the top level has: ", "Did you mean train.epochs?"]),
+    (["student.foo=1"], ["student.foo is not a key", "added with +: +student.foo=VALUE"]),
+    (["teacher.train.augment.translate=2"],
+     ["teacher.train.augment is null, not a group of keys", "teacher.train.augment='{translate: VALUE}'"]),
+    (["train.epochs.x=2"], ["train.epochs is 30, not a group of keys"]),
+    (["dataset=cifar10", "dataset.augment.translate=2"], ["+dataset.augment.translate=VALUE"]),
+    (["experiment=crd_cifar100", "schedule.hint.epochs=2"], ["schedule.hint.epochs is not a key"]),
+    # -m: the first job, and each other option of each swept group (a job of the sweep)
+    (["-m", "method=fitnet,kd", "method.beta=3"], ["method.beta is not a key", "job with method=kd"]),
+    (["-m", "sweep=crd_table", "method.T=4"], ["method.T is not a key", "job with method=ce, pair=wrn40_2"]),
 ])
-def test_unknown_names_and_keys_get_hydras_message(cli, override, needles):
-    assert_refused(*cli(override), *needles, status=1)
+def test_mistyped_keys(argv, needles):
+    with pytest.raises(UserError) as e:
+        check_override_keys(argv)
+    for needle in needles:
+        assert needle in str(e.value), (needle, str(e.value))
+
+
+@pytest.mark.parametrize("argv", [
+    ["train.epochs=3", "seed=1", "method=fitnet", "method.beta=2", "train.milestones.0=3"],
+    ["experiment=ab_cifar10", "schedule.hint.epochs=2", "teacher.train.augment={translate:2}"],
+    ["-m", "sweep=kd_grid", "method.T=2,4", "hydra/launcher=local_gpus", "hydra.sweep.dir=x"],
+    ["-m", "method=fitnet,ab", "method.beta=3,4"],
+    ["+method.Tx=3", "~method.T"],  # additions and deletions: Hydra's and config_check's to judge
+    ["student=nope", "student.hidden=[2]"],  # a composition that fails: Hydra's message
+    ["--help", "train.epochz=3"],
+])
+def test_valid_keys_and_what_is_left_to_hydra_pass(argv):
+    check_override_keys(argv)
 
 
 def test_a_key_added_with_plus_that_no_config_has_is_refused(cli):
     assert_refused(*cli("+method.Tx=3"), "method.Tx is not a key", "T, alpha")
+
+
+def test_an_augmentation_the_dataset_does_not_list_is_added_with_plus_and_judged_by_the_augmentation():
+    cifar = [o for o in QUICK if not o.startswith("dataset")] + ["dataset=cifar10"]
+    choices = {**QUICK_CHOICES, "dataset": "cifar10"}
+    cfg = compose_config([*cifar, "+dataset.augment.translate=2"])
+    check_config(cfg, choices)
+    assert build_augment(cfg.dataset.augment).translate == 2
+    cfg = compose_config([*cifar, "+dataset.augment.translat=2"])
+    check_config(cfg, choices)
+    with pytest.raises(UserError, match="Unknown dataset.augment key.s. translat; valid keys: crop_padding"):
+        build_augment(cfg.dataset.augment)
 
 
 def test_wrong_type_through_the_cli(cli):
