@@ -92,11 +92,28 @@ def _resume_hint(hydra_cfg, run_dir: Path) -> str:
     return f"hydra.run.dir={run_dir}"
 
 
+def check_modes(argv: list[str]) -> None:
+    """Hydra raises (with a traceback) for two of its modes at once, e.g. `kdrun -m --cfg job`."""
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit:
+        return  # argparse has said what is wrong
+    modes = [flag for flag, on in (("--run", args.run), ("-m", args.multirun), ("--cfg", args.cfg),
+                                   ("--info", args.info), ("--shell-completion", args.shell_completion)) if on]
+    if len(modes) > 1:
+        hint = (" To see the config of one job of a sweep, drop -m and give that job's values, e.g. "
+                "kdrun --cfg job method.T=4.") if "-m" in modes else ""
+        raise UserError(f"{' and '.join(modes)} cannot be given together.{hint}")
+
+
 def main() -> None:
     from kdrun.results.sweep import finish_sweep
 
     register_configs()
     try:
+        check_modes(sys.argv[1:])
         check_launcher(sys.argv[1:])
         check_override_keys(sys.argv[1:])
     except UserError as e:

@@ -97,6 +97,11 @@ def test_valid_keys_and_what_is_left_to_hydra_pass(argv):
     check_override_keys(argv)
 
 
+def test_two_modes_at_once_are_refused_without_a_traceback(cli):
+    assert_refused(*cli("-m", "--cfg=job", "method.T=1,2"), "-m and --cfg cannot be given together",
+                   "kdrun --cfg job method.T=4")
+
+
 def test_a_key_added_with_plus_that_no_config_has_is_refused(cli):
     assert_refused(*cli("+method.Tx=3"), "method.Tx is not a key", "T, alpha")
 
