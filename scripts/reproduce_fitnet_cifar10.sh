@@ -4,7 +4,7 @@
 # kdrun-report --paper fitnet_cifar10.
 #
 # usage: scripts/reproduce_fitnet_cifar10.sh [--smoke] [--out DIR] [--seeds 0,1,2] [--teacher-seed 0|run] [OVERRIDE...]
-#   --smoke   1 epoch (each stage) on 16 random 3x32x32 images (the teacher's pools need 28 pixels), one
+#   --smoke   1 epoch (each stage) on 16 random 3x32x32 images (CIFAR's size), one
 #             seed, without the student-alone runs
 #   --teacher-seed  the teacher's seed, shared by all student seeds (default 0); run: each seed its own
 #   --out     the sweep directory (default reproduce/fitnet_cifar10, or reproduce/fitnet_cifar10-smoke)

@@ -102,7 +102,7 @@ def test_teacher_shapes_follow_the_pylearn2_config_and_its_dropout_is_training_o
     assert torch.equal(teacher(x), teacher(x))
     teacher.train()
     assert not torch.equal(teacher(x), teacher(x))
-    with pytest.raises(UserError, match="at least 28 pixels"):
+    with pytest.raises(UserError, match="at least 10x10 pixels"):
         MODELS.get("maxout_cifar")(num_classes=10, in_channels=3, image_size=(8, 8))
 
 

@@ -164,7 +164,7 @@ def test_a_model_without_feature_points_gets_a_clear_message():
 
 
 def test_images_too_small_for_a_plain_net_fail_before_training():
-    with pytest.raises(UserError, match="at least 16 pixels"):
+    with pytest.raises(UserError, match="at least 16x16 pixels"):
         MODELS.get("plain10")(num_classes=10, in_channels=1, image_size=(8, 8))
 
 

@@ -49,6 +49,10 @@ class DataInfo:
     num_classes: int
     train_size: int = 0  # examples in the training split (memory banks are sized by it)
 
+    def __str__(self) -> str:
+        h, w = self.image_size
+        return f"{self.channels}x{h}x{w} images, {self.num_classes} classes"
+
 
 @dataclass
 class Dataset:

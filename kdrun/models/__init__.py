@@ -24,12 +24,14 @@ ReLUs are never in-place: a hook on a module's input would otherwise see the act
 from __future__ import annotations
 
 import inspect
+from typing import Optional
 
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from kdrun.data.base import DataInfo
 from kdrun.errors import UserError
+from kdrun.models import args
 from kdrun.registry import Registry, call_with_supported
 
 MODELS: Registry = Registry("model", "teacher/student")
@@ -52,18 +54,54 @@ def model_defaults(name: str) -> dict:
     return out
 
 
-def build_model(cfg: DictConfig, info: DataInfo) -> nn.Module:
+def build_model(cfg: DictConfig, info: DataInfo, role: Optional[str] = None) -> nn.Module:
+    """The model of a config node (`teacher`, `student`, or a stage's model) for the dataset's shapes.
+    Its arguments are checked by its constructor (kdrun.models.args); `role` names the node in messages
+    (by default the node's key in the run's config)."""
+    role = role or _role(cfg)
+    label = model_label(cfg)
     shape = dict(num_classes=info.num_classes, in_channels=info.channels, image_size=info.image_size)
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in NODE_KEYS}
+    clash = [k for k in kwargs if k in SHAPE_ARGS]
+    if clash:
+        raise UserError(shape_arg_message(role, label, clash[0], kwargs[clash[0]], info))
     if cfg.get("_target_"):
         from hydra.utils import get_method
 
         return call_with_supported(get_method(cfg._target_), **shape, **kwargs)
     ctor = MODELS.get(cfg.name)
+    who = f"{role}={label}" if role else label
     try:
         return ctor(**shape, **kwargs)
+    except args.ModelArgError as e:
+        key = f"{role}.{e.arg}" if role else e.arg
+        raise UserError(f"{key}={args.show(e.value)}: {who} takes {e.expected}. Give {key} such a value.") from None
+    except args.InputTooSmall as e:
+        raise UserError(args.too_small_message(who, info.image_size, e.minimum, e.reason)) from None
     except TypeError as e:
         raise UserError(f"Model {cfg.name!r} cannot be built with {kwargs}: {e}.") from None
+    except (ValueError, RuntimeError, IndexError, KeyError, ZeroDivisionError) as e:  # what torch's layers refuse
+        given = ", ".join(f"{k}={args.show(v)}" for k, v in kwargs.items())
+        raise UserError(f"{who} cannot be built with {given} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+                        f"Check the values you gave its arguments; `kdrun --cfg job` shows them.") from None
+
+
+def _role(cfg: DictConfig) -> Optional[str]:
+    key = cfg._key() if isinstance(cfg, DictConfig) else None
+    return str(key) if key in ("teacher", "student") else None
+
+
+DATASET_KEYS = {"num_classes": "dataset.num_classes", "in_channels": "dataset.channels",
+                "image_size": "dataset.image_size"}  # the keys of dataset=synthetic that set each shape
+
+
+def shape_arg_message(role: Optional[str], label: str, arg: str, value, info: DataInfo) -> str:
+    key = f"{role}.{arg}" if role else arg
+    h, w = info.image_size
+    return (f"{key}={args.show(value)}: the dataset sets {arg}, not the model's config. kdrun builds "
+            f"{f'{role}={label}' if role else label} for the dataset's shape (here {info}). Leave out "
+            f"+{key}=...; for another shape choose a dataset that has it (dataset=synthetic takes "
+            f"{DATASET_KEYS[arg]}=N).")
 
 
 def model_label(cfg: DictConfig) -> str:

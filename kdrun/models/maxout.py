@@ -17,7 +17,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from kdrun.errors import UserError
+from kdrun.models import args
 
 CONV_LR_SCALE = 0.05  # W_lr_scale and b_lr_scale of every conv layer in the authors' configs
 IRANGE = 0.005
@@ -135,19 +135,36 @@ def pooled(size: int, kernel: int, stride: int) -> int:
     return -(-(size - kernel) // stride) + 1
 
 
+MAXOUT_CIFAR = [(96, 8, 4, 4, 2, 0.9), (192, 8, 3, 4, 2, 1.9365), (192, 5, 3, 2, 2, 1.9365)]  # units, kernel,
+# pad, pool, pool stride, max_norm of each maxout conv layer
+
+
+def _maxout_cifar_fits(side: int) -> bool:
+    for _, kernel, pad, pool, stride, _ in MAXOUT_CIFAR:
+        side = side + 2 * pad - kernel + 1
+        if side < pool:
+            return False
+        side = pooled(side, pool, stride)
+    return True
+
+
+MAXOUT_CIFAR_SMALLEST = next(s for s in range(1, 64) if _maxout_cifar_fits(s))  # the smallest image side it takes
+
+
 def maxout_cifar(num_classes: int, in_channels: int, image_size, input_dropout: float = 0.2,
                  input_dropout_scale: float = 1.0, dropout: float = 0.5) -> MaxoutNet:
     """Goodfellow et al. 2013's CIFAR-10 network (pylearn2 scripts/papers/maxout/cifar10.yaml): maxout
     conv 96-192-192 (2 pieces; kernels 8, 8, 5; pads 4, 3, 3; pools 4/2, 4/2, 2/2), maxout fc 500 x 5,
     softmax; dropout 0.2 on the input (kept pixels not rescaled), 0.5 on every other layer's input."""
-    spec = [(96, 8, 4, 4, 2, 0.9), (192, 8, 3, 4, 2, 1.9365), (192, 5, 3, 2, 2, 1.9365)]
+    args.probability("input_dropout", input_dropout)
+    args.positive("input_dropout_scale", input_dropout_scale)
+    args.probability("dropout", dropout)
     h, w = _side(image_size)
+    if min(h, w) < MAXOUT_CIFAR_SMALLEST:
+        raise args.InputTooSmall(MAXOUT_CIFAR_SMALLEST, " (its kernels and pools are fixed)")
     layers, channels = [], in_channels
-    for i, (units, kernel, pad, pool, stride, max_norm) in enumerate(spec):
+    for i, (units, kernel, pad, pool, stride, max_norm) in enumerate(MAXOUT_CIFAR):
         h, w = h + 2 * pad - kernel + 1, w + 2 * pad - kernel + 1
-        if min(h, w) < pool:
-            raise UserError(f"maxout_cifar needs images of at least 28 pixels a side (its pools are fixed), got "
-                            f"{image_size}. Use a dataset of larger images or a FitNet student.")
         h, w = pooled(h, pool, stride), pooled(w, pool, stride)
         layers.append(MaxoutConv(channels, units, 2, kernel, pad, nn.MaxPool2d(pool, stride, ceil_mode=True),
                                  max_norm, dropout=input_dropout if i == 0 else dropout,
@@ -168,10 +185,10 @@ FITNETS = {
 
 def fitnet(num_classes: int, in_channels: int, image_size, version: int = 4) -> MaxoutNet:
     """FitNet 1-4: zero-padded 3x3 maxout convs (2 pieces, max_kernel_norm 0.9), no dropout."""
+    args.one_of("version", version, FITNETS)
     h, w = _side(image_size)
     if min(h, w) < 4:
-        raise UserError(f"fitnet{version} halves the image twice: it needs images of at least 4 pixels a side, "
-                        f"got {image_size}.")
+        raise args.InputTooSmall(4, " (it halves the image twice)")
     layers, stage_ends, channels = [], [], in_channels
     for b, block in enumerate(FITNETS[version]):
         for j, units in enumerate(block):

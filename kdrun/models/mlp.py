@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from kdrun.errors import require
+from kdrun.models import args
 from kdrun.models.maxout import cap_norms_
 
 
@@ -28,7 +28,10 @@ class MLP(nn.Module):
     def __init__(self, num_classes: int, in_channels: int, image_size, hidden=(1200, 1200),
                  dropout: float = 0.0, input_dropout: float = 0.0, max_norm: Optional[float] = None):
         super().__init__()
-        require(max_norm is None or max_norm > 0, f"mlp: max_norm must be positive or null, got {max_norm}.")
+        args.counts("hidden", hidden, what="layer widths")
+        args.probability("dropout", dropout)
+        args.probability("input_dropout", input_dropout)
+        args.positive("max_norm", max_norm, nullable=True)
         width = in_channels * prod(image_size)
         self.input_dropout = nn.Dropout(input_dropout)
         layers = []

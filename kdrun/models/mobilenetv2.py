@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from kdrun.models import args
 from kdrun.models.weights import init_reference
 
 # expansion t, channels c, blocks n, first stride s
@@ -43,6 +44,9 @@ class MobileNetV2(nn.Module):
     def __init__(self, num_classes: int, in_channels: int, image_size, expansion: int = 6,
                  width_mult: float = 0.5):
         super().__init__()
+        args.count("expansion", expansion)
+        # every layer keeps at least one channel: the narrowest, 16, times width_mult
+        args.check(width_mult >= 1 / 16, "width_mult", width_mult, "a number of 0.0625 or more (the width factor)")
         channels = int(32 * width_mult)
         self.conv1 = conv_bn_relu(in_channels, channels, 3, 2)
         self.blocks = nn.ModuleList()

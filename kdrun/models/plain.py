@@ -13,7 +13,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from kdrun.errors import UserError
+from kdrun.models import args
 
 BOOKS = {
     "cifar10": {
@@ -40,11 +40,10 @@ BOOKS = {
 class PlainCNN(nn.Module):
     def __init__(self, num_classes: int, in_channels: int, image_size, depth: int = 2, variant: str = "auto"):
         super().__init__()
+        args.one_of("variant", variant, ["auto", *BOOKS])
         if variant == "auto":
             variant = "cifar10" if num_classes <= 10 else "cifar100"
-        if variant not in BOOKS or depth not in BOOKS[variant]:
-            raise UserError(f"plain CNN: variant must be auto, cifar10 or cifar100 and depth one of "
-                             f"{sorted(BOOKS['cifar10'])}; got {variant!r}, {depth}")
+        args.one_of("depth", depth, sorted(BOOKS[variant]))
         layers = BOOKS[variant][depth]
         h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
         channels = in_channels
@@ -59,9 +58,8 @@ class PlainCNN(nn.Module):
                 channels = out
             elif spec == "MaxPool":
                 if min(h, w) < 2:
-                    raise UserError(f"plain{depth} halves the image {layers.count('MaxPool')} times: it needs "
-                                    f"images of at least {2 ** layers.count('MaxPool')} pixels a side, got "
-                                    f"{image_size}. Choose a smaller plain net or a dataset of larger images.")
+                    pools = layers.count('MaxPool')
+                    raise args.InputTooSmall(2 ** pools, f" (it halves the image {pools} times)")
                 self._stage_ends.append(len(convs) - 1)
                 convs.append(nn.MaxPool2d(kernel_size=2, stride=2))
                 h, w = h // 2, w // 2

@@ -10,7 +10,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from kdrun.errors import UserError
+from kdrun.models import args
 from kdrun.models.weights import init_reference
 
 
@@ -39,8 +39,8 @@ class ResNet(nn.Module):
     def __init__(self, num_classes: int, in_channels: int, image_size, depth: int = 20,
                  num_filters=(16, 16, 32, 64)):
         super().__init__()
-        if (depth - 2) % 6:
-            raise UserError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        args.check(depth >= 8 and (depth - 2) % 6 == 0, "depth", depth, "6n+2 with n of 1 or more (8, 14, 20, 32, 44, 56, 110, ...)")
+        args.counts("num_filters", num_filters, length=4, what="channel counts")
         n = (depth - 2) // 6
         self.inplanes = num_filters[0]
         self.conv1 = nn.Conv2d(in_channels, num_filters[0], kernel_size=3, padding=1, bias=False)

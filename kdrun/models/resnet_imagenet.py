@@ -10,6 +10,7 @@ from functools import partial
 
 import torch
 import torch.nn as nn
+from kdrun.models import args
 from kdrun.models.weights import init_reference
 
 
@@ -66,6 +67,8 @@ class ResNetImageNet(nn.Module):
     def __init__(self, num_classes: int, in_channels: int, image_size, block: str = "bottleneck",
                  num_blocks=(3, 4, 6, 3)):
         super().__init__()
+        args.one_of("block", block, BLOCKS)
+        args.counts("num_blocks", num_blocks, length=4, what="block counts")
         block_cls = BLOCKS[block]
         self.in_planes = 64
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from kdrun.models import args
+
 
 class ShuffleBlock(nn.Module):
     """Channel shuffle: [N, g*k, H, W] -> [N, k*g, H, W]."""
@@ -54,6 +56,9 @@ class ShuffleNetV1(nn.Module):
     def __init__(self, num_classes: int, in_channels: int, image_size, out_planes=(240, 480, 960),
                  num_blocks=(4, 8, 4), groups: int = 3):
         super().__init__()
+        args.count("groups", groups)
+        args.counts("out_planes", out_planes, length=3, what="channel counts")
+        args.counts("num_blocks", num_blocks, length=3, what="block counts")
         self.conv1 = nn.Conv2d(in_channels, 24, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm2d(24)
         self.relu = nn.ReLU()
@@ -145,6 +150,8 @@ class ShuffleNetV2(nn.Module):
     def __init__(self, num_classes: int, in_channels: int, image_size, out_channels=(116, 232, 464, 1024),
                  num_blocks=(3, 7, 3)):
         super().__init__()
+        args.counts("out_channels", out_channels, length=4, what="channel counts")
+        args.counts("num_blocks", num_blocks, minimum=0, length=3, what="block counts")
         self.conv1 = nn.Conv2d(in_channels, 24, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm2d(24)
         self.relu = nn.ReLU()

@@ -11,6 +11,7 @@ from functools import partial
 
 import torch
 import torch.nn as nn
+from kdrun.models import args
 from kdrun.models.weights import init_reference
 
 CONFIGS = {
@@ -33,6 +34,7 @@ def conv_block(widths: list[int], in_channels: int) -> nn.Sequential:
 class VGG(nn.Module):
     def __init__(self, num_classes: int, in_channels: int, image_size, variant: str = "vgg13"):
         super().__init__()
+        args.one_of("variant", variant, CONFIGS)
         cfg = CONFIGS[variant]
         self.block0 = conv_block(cfg[0], in_channels)
         self.block1 = conv_block(cfg[1], cfg[0][-1])

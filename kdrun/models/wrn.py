@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kdrun.errors import UserError
+from kdrun.models import args
 from kdrun.models.weights import init_reference
 
 
@@ -56,8 +56,9 @@ class WideResNet(nn.Module):
     def __init__(self, num_classes: int, in_channels: int, image_size, depth: int = 16, width: int = 1,
                  drop_rate: float = 0.0):
         super().__init__()
-        if (depth - 4) % 6:
-            raise UserError(f"WRN depth must be 6n+4, got {depth}")
+        args.check(depth >= 10 and (depth - 4) % 6 == 0, "depth", depth, "6n+4 with n of 1 or more (10, 16, 22, 28, 40, ...)")
+        args.count("width", width)
+        args.probability("drop_rate", drop_rate)
         n = (depth - 4) // 6
         channels = [16, 16 * width, 32 * width, 64 * width]
         self.conv1 = nn.Conv2d(in_channels, channels[0], 3, 1, 1, bias=False)

@@ -26,8 +26,12 @@ from kdrun.methods import method_class
 from kdrun.methods.base import Distiller
 from kdrun.models import build_model, model_defaults, model_label
 from kdrun.schedules.spec import Stage
+from kdrun.models.probe import require_input_size
 from kdrun.training.checkpoint import load_torch, save_torch
+from kdrun.training.ensemble import build_teacher, teacher_label
+from kdrun.training.lone_batch import has_lone_batch, require_no_lone_batch
 from kdrun.training.loop import StageResult, epoch_seed, fit
+from kdrun.training.recipe import Recipe
 from kdrun.training.teacher import (CACHE_FORMAT, dataset_identity, digest, entry_path, file_lock,
                                     model_identity)
 
@@ -107,15 +111,32 @@ class ScheduleRunner:
         return self.run_dir / "checkpoints" / f"{stage.name}.pt"
 
     def check(self, stages: list[Stage]) -> None:
-        """Build every stage's model and method once, untrained, before any training: what a method
-        finds wrong (a feature path that does not exist, a memory bank larger than the data) stops
-        the run before the teacher or any stage trains."""
+        """Build every stage's model and method once, untrained, before any training: a model that
+        cannot take the dataset's images, what a method finds wrong (a feature path that does not
+        exist, a memory bank larger than the data), a last batch of one example that batch norm cannot
+        train on: each stops the run before the teacher or any stage trains."""
+        info, device = self.data.info, self.data.device
+        if self.teacher is not None:
+            require_input_size(self.teacher, lambda sized: build_teacher(self.cfg, sized), info,
+                               f"teacher={teacher_label(self.cfg)}", device, zoo=not self.cfg.teacher.get("_target_"))
+            if not self.cfg.teacher.get("checkpoint"):  # trained here (or reused: the same config either way)
+                recipe = Recipe.from_config(self.cfg.teacher.train, "teacher.train")
+                if has_lone_batch(len(self.data.train), recipe.batch_size):
+                    trainer = method_class("ce")(build_teacher(self.cfg, info).to(device), None,
+                                                 OmegaConf.create({"name": "ce"}), info)
+                    require_no_lone_batch(trainer, self.data, recipe.batch_size, "teacher.train",
+                                          f"The teacher {teacher_label(self.cfg)}", model_role="teacher")
         instances: dict[str, nn.Module] = {}
         previous = None
         for stage in stages:
             model = None if stage.fresh else instances.get(stage.model)
             if model is None:
-                model = build_model(self.model_cfg(stage), self.data.info).to(self.data.device)
+                model_cfg = self.model_cfg(stage)
+                model = build_model(model_cfg, info).to(device)
+                who = f"student={model_label(model_cfg)}" if stage.model == "student" else \
+                    f"{stage.model} (stage {stage.name})"
+                require_input_size(model, lambda sized, c=model_cfg: build_model(c, sized), info, who, device,
+                                   zoo=not model_cfg.get("_target_"))
                 instances[stage.model] = model
             method_cls = method_class(str(stage.method_cfg.name))
             teacher = None
@@ -124,8 +145,26 @@ class ScheduleRunner:
                 if teacher is model:
                     raise UserError(f"Stage {stage.name} would learn from its own model: give it `fresh: true` "
                                     f"or another teacher.")
-            method_cls(model, teacher, stage.method_cfg, self.data.info).remove_hooks()
+            distiller = method_cls(model, teacher, stage.method_cfg, info)
+            try:
+                self.check_lone_batch(stage, model, distiller)
+            finally:
+                distiller.remove_hooks()
             previous = model
+
+    def check_lone_batch(self, stage: Stage, model: nn.Module, distiller: Distiller) -> None:
+        if not has_lone_batch(len(self.data.train), stage.train_recipe.batch_size):
+            return
+        distiller.to(self.data.device)
+        distiller.phase = stage.phase
+        held = hold_statistics(model, distiller.init_parameters()) if stage.phase == "init" else None
+        try:
+            require_no_lone_batch(distiller, self.data, stage.train_recipe.batch_size, stage.recipe,
+                                  f"Stage {stage.name}")
+        finally:
+            distiller.phase = "main"
+            if held is not None:
+                held.remove()
 
     def run(self, stages: list[Stage]) -> list[StageOutcome]:
         outcomes: list[StageOutcome] = []
