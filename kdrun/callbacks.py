@@ -23,16 +23,32 @@ class OutputDirCheck(Callback):
 
 
 def check_dirs(config: DictConfig, key: str) -> None:
-    cache = config.get("cache_dir")
-    problem = creatable_dir_problem(Path(str(cache))) if cache else None
-    if problem:
-        refuse(f"The teacher cache cache_dir={cache} cannot be written ({problem}). Choose another one with "
-               f"cache_dir=DIR (or the environment variable KDRUN_CACHE_DIR).")
     where = config.hydra.run.dir if key == "hydra.run.dir" else config.hydra.sweep.dir
+    if where is None or not str(where).strip():  # e.g. hydra.run.dir=$RUN_DIR with RUN_DIR unset
+        refuse(f"{key} is empty (an unset $VARIABLE in the command?): the run would be written into the current "
+               f"directory. Give the directory: {key}=DIR.")
+    cache = config.get("cache_dir")
+    if cache is not None and not str(cache).strip():
+        refuse("cache_dir is empty (an unset $VARIABLE in the command?): the teacher cache would be written into "
+               "the current directory. Give it a directory, cache_dir=DIR, or leave the key out (outputs/cache, "
+               "or the environment variable KDRUN_CACHE_DIR).")
+    problem = cache_problem(Path(str(cache))) if cache else None
+    if problem:
+        refuse(cache_unwritable(cache, problem))
     problem = writable_dir_problem(Path(str(where)))
     if problem:
         refuse(f"The output directory {where} cannot be written ({problem}). Choose another one with "
                f"{key}=DIR, or start kdrun in a directory you can write to (runs go to ./outputs/).")
+
+
+def cache_unwritable(cache, problem: str) -> str:
+    return (f"The teacher cache cache_dir={cache} cannot be written ({problem}). Choose another one with "
+            f"cache_dir=DIR (or the environment variable KDRUN_CACHE_DIR).")
+
+
+def cache_problem(cache: Path) -> str | None:
+    """The cache and the `teachers/` folder in it, where entries go."""
+    return creatable_dir_problem(cache) or creatable_dir_problem(cache.expanduser() / "teachers")
 
 
 def writable_dir_problem(path: Path) -> str | None:
@@ -50,6 +66,8 @@ def creatable_dir_problem(path: Path) -> str | None:
     """Without creating anything: the nearest existing ancestor must be a writable directory."""
     path = path.expanduser().absolute()
     for candidate in (path, *path.parents):
+        if candidate.is_symlink() and not candidate.exists():
+            return f"{candidate} is a link to nothing"
         if candidate.exists():
             if not candidate.is_dir():
                 return f"{candidate} is a file, not a directory"

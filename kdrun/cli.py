@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from kdrun.configs import CONFIG_DIR, check_launcher, register_configs
 from kdrun.errors import UserError
-from kdrun.override_check import check_override_keys
+from kdrun.override_check import check_override_grammar, check_override_keys
 
 log = logging.getLogger("kdrun")
 
@@ -108,12 +108,36 @@ def check_modes(argv: list[str]) -> None:
         raise UserError(f"{' and '.join(modes)} cannot be given together.{hint}")
 
 
+def check_sweep_preset(argv: list[str]) -> None:
+    """`sweep=NAME` sets a grid for `-m` (hydra.sweeper.params); without -m Hydra would run one job with
+    the defaults and say nothing."""
+    import shlex
+
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit:
+        return
+    if args.multirun or args.cfg or args.info or args.help or args.hydra_help or args.shell_completion:
+        return
+    for text in args.overrides:
+        key, sep, value = text.partition("=")
+        if key.lstrip("+") == "sweep" and sep and value not in ("", "null"):
+            raise UserError(f"sweep={value} is a grid for a sweep: without -m kdrun would run one job with the "
+                            f"defaults, not the grid. Run the sweep with -m: kdrun -m "
+                            f"{' '.join(shlex.quote(a) for a in argv)} (kdrun --cfg hydra sweep={value} shows its "
+                            f"grid under hydra.sweeper.params).")
+
+
 def main() -> None:
     from kdrun.results.sweep import finish_sweep
 
     register_configs()
     try:
+        check_override_grammar(sys.argv[1:])
         check_modes(sys.argv[1:])
+        check_sweep_preset(sys.argv[1:])
         check_launcher(sys.argv[1:])
         check_override_keys(sys.argv[1:])
     except UserError as e:

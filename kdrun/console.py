@@ -28,3 +28,8 @@ class ConsoleHandler(logging.Handler):
                 sys.stdout.flush()
             except Exception:
                 self.handleError(record)
+
+
+def plural(n: int, noun: str) -> str:
+    """`1 epoch`, `2 epochs`."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

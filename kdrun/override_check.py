@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import shlex
 from typing import Optional
 
 from hydra import compose, initialize_config_dir
@@ -18,6 +19,7 @@ from hydra._internal.utils import get_args_parser
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
+from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from kdrun.configs import CONFIG_DIR
@@ -31,6 +33,69 @@ ADDED_WITH_PLUS = {  # nodes whose other keys are added with +
     "dataset.augment": f"An augmentation that the dataset's config does not list ({', '.join(AUGMENT_KEYS)})",
 }
 PREFIX = {OverrideType.ADD: "+", OverrideType.FORCE_ADD: "++", OverrideType.DEL: "~"}
+
+
+GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
+SHELL_SPECIAL = "`\\$!"  # what a shell still interprets inside double quotes
+
+
+def check_override_grammar(argv: list[str]) -> None:
+    """An override that Hydra's grammar cannot read (`dataset.root=~/data`, an unquoted non-ASCII path)
+    ends in Hydra's LexerNoViableAltException: named here, with the quoted form that it reads."""
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit:
+        return  # argparse has said what is wrong
+    parser = OverridesParser.create()
+    for text in args.overrides:
+        try:
+            parser.parse_overrides([text])
+        except OverrideParseException as e:
+            raise UserError(grammar_message(text, e, parser)) from None
+
+
+def grammar_message(text: str, error: Exception, parser: OverridesParser) -> str:
+    key, sep, value = text.partition("=")
+    quoted = _quoted_form(key, value, parser) if sep else None
+    if quoted is None:
+        reason = str(error).strip().splitlines()[0]
+        return f"{text} cannot be read by Hydra's override grammar ({reason}). See {GRAMMAR} for what a value may hold."
+    bad = next((c for i, c in enumerate(value) if not _parses(parser, f"{key}={value[:i + 1]}")), None)
+    what = f"`{bad}` cannot stand in an unquoted value" if bad else "the value must be quoted"
+    return (f"{text}: {what} in Hydra's override grammar ({GRAMMAR}). Write it as {quoted} (the outer "
+            f"quotes are the shell's, the inner ones Hydra's).")
+
+
+def _parses(parser: OverridesParser, text: str) -> bool:
+    try:
+        parser.parse_overrides([text])
+        return True
+    except OverrideParseException:
+        return False
+
+
+def _quoted_form(key: str, value: str, parser: OverridesParser) -> Optional[str]:
+    """The shell argument that gives Hydra `key` with `value` as a quoted string, or None when quoting
+    is not the fix (the key itself is wrong, the value looks like a list or a dict meant as such)."""
+    if not _parses(parser, f"{key}=x") or value[:1] in "[{(":
+        return None
+    home = value == "~" or value.startswith("~/")  # in quotes no one expands ~: the shell's $HOME does
+    if home:
+        rest = value[1:]
+        if any(c in rest for c in SHELL_SPECIAL + "'") or not _parses(parser, f"{key}='/home{rest}'"):
+            return None
+        return f'"{key}=\'$HOME{rest}\'"'
+    fallback = None
+    for inner in ("'", '"'):
+        hydra_arg = f"{key}={inner}{value}{inner}"
+        if inner in value or not _parses(parser, hydra_arg) or parser.parse_overrides([hydra_arg])[0].value() != value:
+            continue
+        if not any(c in hydra_arg for c in SHELL_SPECIAL + '"'):
+            return f'"{hydra_arg}"'
+        if "'" not in hydra_arg:
+            return f"'{hydra_arg}'"
+        fallback = fallback or shlex.quote(hydra_arg)
+    return fallback
 
 
 def check_override_keys(argv: list[str]) -> None:
@@ -48,6 +113,7 @@ def check_override_keys(argv: list[str]) -> None:
             if keys:
                 _check_jobs(keys, [o for o in overrides if _is_group(o, groups) and not _is_hydras(o)],
                             args.multirun, groups)
+            _check_launcher_keys(overrides)
     except UserError:
         raise
     except (Exception, SystemExit) as e:  # Hydra says what is wrong with what cannot be parsed or composed
@@ -79,6 +145,38 @@ def _check_jobs(keys: list[str], group_overrides: list[Override], multirun: bool
             raise UserError(f"{e} (That is the config of the sweep's job with {named}.)") from None
 
 
+def _check_launcher_keys(overrides: list[Override]) -> None:
+    """`hydra.launcher.KEY=...` against the keys of the launcher the command chooses (Hydra's advice for a
+    typo there, to add the key with +, would be refused by the launcher)."""
+    keys = [o.key_or_group for o in overrides
+            if o.type == OverrideType.CHANGE and o.key_or_group.startswith("hydra.launcher.")]
+    if not keys:
+        return
+    launcher = [f"hydra/launcher={_options(o)[0]}" for o in overrides
+                if o.key_or_group == "hydra/launcher" and o.type == OverrideType.CHANGE]
+    cfg = compose("config", overrides=launcher, return_hydra_config=True)
+    for key in keys:
+        try:
+            check_key(cfg, key)
+        except UserError as e:
+            others = [name for name in _launchers() if f"hydra/launcher={name}" not in launcher
+                      and _has_key(["hydra/launcher=" + name], key)]
+            hint = f" It is a key of {', '.join('hydra/launcher=' + n for n in others)}." if others else ""
+            raise UserError(f"{e}{hint}") from None
+
+
+def _launchers() -> list[str]:
+    return sorted(GlobalHydra.instance().config_loader().get_group_options("hydra/launcher"))
+
+
+def _has_key(overrides: list[str], key: str) -> bool:
+    try:
+        check_key(compose("config", overrides=overrides, return_hydra_config=True), key)
+        return True
+    except Exception:  # not that key, or a launcher that is not installed
+        return False
+
+
 def check_key(cfg: DictConfig, key: str) -> None:
     node, parts = cfg, key.split(".")
     for i, part in enumerate(parts):
@@ -90,7 +188,7 @@ def check_key(cfg: DictConfig, key: str) -> None:
         elif isinstance(node, DictConfig):
             if node._is_none() or node._is_interpolation() or node._is_missing():
                 return
-            if part not in node:
+            if part not in node.keys():  # `in node` is false for a key left open (`???`)
                 raise UserError(unknown_key(key, parent, list(node.keys())))
             node = node._get_node(part)
         else:  # a value: only a null or a plain value certainly has no keys
@@ -109,8 +207,10 @@ def unknown_key(key: str, parent: str, valid: list) -> str:
     close = difflib.get_close_matches(parts[depth], [str(v) for v in valid], n=1)
     hint = f" Did you mean {'.'.join(parts[:depth] + close + parts[depth + 1:])}?" if close else ""
     listed = ", ".join(str(v) for v in valid) or "none"
+    printed = "`kdrun --cfg hydra` (with the same hydra/launcher=...) prints" if key.startswith("hydra.") \
+        else "`kdrun --cfg job` prints"
     message = (f"{key} is not a key of this config ({parent or 'the top level'} has: {listed}).{hint} "
-               f"Check its spelling; `kdrun --cfg job` prints every key.")
+               f"Check its spelling; {printed} every key.")
     if parent in ADDED_WITH_PLUS:
         message += f" {ADDED_WITH_PLUS[parent]} is added with +: +{key}=VALUE."
     return message

@@ -65,7 +65,20 @@ class Group:
         return [r for r in self.runs if r not in self.completed and r not in self.failed]
 
     def stat(self, metric: str = "test_acc") -> Stat:
-        return stat([float(r.metrics[metric]) for r in self.completed if r.metrics.get(metric) is not None])
+        """Over seeds: completed runs of one seed (the same run repeated, or rerun elsewhere) count once,
+        with the mean of their values, so `n` is the number of seeds and the spread is the seeds'."""
+        per_seed: dict = {}
+        for r in self.completed:
+            if r.metrics.get(metric) is not None:
+                per_seed.setdefault(_hashable(r.seed), []).append(float(r.metrics[metric]))
+        return stat([statistics.fmean(values) for values in per_seed.values()])
+
+    def repeated_seeds(self) -> dict:
+        """Seeds with more than one completed run: {seed: [runs]}."""
+        by_seed: dict = {}
+        for r in self.completed:
+            by_seed.setdefault(_hashable(r.seed), []).append(r)
+        return {seed: runs for seed, runs in by_seed.items() if len(runs) > 1}
 
     @property
     def seeds(self) -> list:

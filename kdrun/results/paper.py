@@ -100,7 +100,7 @@ class PaperComparison:
 
     def notes(self) -> list[str]:
         p = self.paper
-        notes = [f"Cells: ours, mean ± std over seeds (n runs), vs the paper's number (ours − paper). "
+        notes = [f"Cells: ours, mean ± std over seeds (n seeds), vs the paper's number (ours − paper). "
                  f"Published as: {p.get('published_as', 'top-1 test accuracy (%)')}.",
                  "Sources: " + "; ".join(p.get("sources", []))]
         for key, source in p.get("quoted_from", {}).items():
@@ -127,4 +127,9 @@ def _stat(groups: list[Group], metric: str, stage: Optional[str] = None) -> Stat
         values = [s.get(metric) for g in groups for r in g.completed
                   for s in r.metrics.get("stages") or [] if s.get("name") == stage]
         return stat([float(v) for v in values if v is not None])
-    return stat([float(r.metrics[metric]) for g in groups for r in g.completed if r.metrics.get(metric) is not None])
+    per_seed: dict = {}  # runs of one seed of one configuration count once (their mean), as in Group.stat
+    for i, g in enumerate(groups):
+        for r in g.completed:
+            if r.metrics.get(metric) is not None:
+                per_seed.setdefault((i, display(r.seed)), []).append(float(r.metrics[metric]))
+    return stat([sum(v) / len(v) for v in per_seed.values()])

@@ -13,11 +13,11 @@ from typing import Optional, Sequence
 
 from kdrun.console import console
 from kdrun.errors import UserError
-from kdrun.results.grouping import METRICS
+from kdrun.results.grouping import METRICS, display
 from kdrun.results.paper import PaperComparison, load_paper, paper_names
 from kdrun.results.pivot import pivot
 from kdrun.results.runs import find_runs
-from kdrun.results.tables import Summary
+from kdrun.results.tables import Summary, relative
 
 
 def summarise(dirs: Sequence[Path], pivot_keys: Optional[Sequence[str]] = None, plot: bool = False,
@@ -39,6 +39,9 @@ def summarise(dirs: Sequence[Path], pivot_keys: Optional[Sequence[str]] = None, 
                         + ("Runs report val_acc when they hold out data: dataset.val_size=N."
                            if metric == "val_acc" else f"Choose one of {', '.join(summary.metrics)}."))
     grids = pivot(summary.groups, *pivot_keys, shown=summary.columns) if pivot_keys else []
+    problems = warnings(summary, Path.cwd())
+    for line in problems:
+        console.print(f"warning: {line}", style="yellow", markup=False, soft_wrap=True)
     comparison = PaperComparison.of(table, summary.groups) if table else None
     for item in summary.rich_tables(Path.cwd(), grids, metric) + (summary.paper_rich(comparison) if comparison else []):
         console.print(item)
@@ -46,7 +49,9 @@ def summarise(dirs: Sequence[Path], pivot_keys: Optional[Sequence[str]] = None, 
     for d in dirs:
         (d / "summary.csv").write_text(summary.csv_text(d))
         (d / "summary.md").write_text(summary.markdown(d, grids, metric)
-                                      + (summary.paper_markdown(comparison) if comparison else ""))
+                                      + (summary.paper_markdown(comparison) if comparison else "")
+                                      + "".join(f"\n- warning: {line}" for line in warnings(summary, d))
+                                      + ("\n" if problems else ""))
         written += [d / "summary.csv", d / "summary.md"]
     if plot:
         from kdrun.results.plots import write_plots
@@ -58,6 +63,17 @@ def summarise(dirs: Sequence[Path], pivot_keys: Optional[Sequence[str]] = None, 
                 written.append(d / f.name)
         written += figures
     return summary, written
+
+
+def warnings(summary: Summary, base: Path) -> list[str]:
+    """What the tables cannot show: files of a run that cannot be read, seeds run more than once."""
+    out = [w for r in summary.runs for w in r.warnings]
+    for g in summary.groups:
+        for seed, runs in g.repeated_seeds().items():
+            out.append(f"{summary.label(g)}: {len(runs)} completed runs of seed {display(seed)} "
+                       f"({', '.join(relative(r.path, base) for r in runs)}) count as one seed, the mean of their "
+                       f"results (n counts seeds).")
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:

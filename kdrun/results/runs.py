@@ -31,6 +31,7 @@ class Run:
     choices: dict = field(default_factory=dict)  # config-group choices, e.g. {"method": "kd"}
     overrides: list = field(default_factory=list)  # the job's command-line overrides
     has_config: bool = True  # False: no .hydra/config.yaml, `config` holds what metrics.json says
+    warnings: list = field(default_factory=list)  # files of the run that exist but cannot be read
 
     @property
     def status(self) -> str:
@@ -85,14 +86,21 @@ def _plain(value: Any) -> Any:
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # OmegaConf.load is ~10x slower: many runs
 
 
-def _load_yaml(path: Path) -> Any:
-    """A YAML file Hydra wrote; with interpolations, as an OmegaConf node that can resolve them."""
+def _load_yaml(path: Path, kind: type, warnings: list) -> Any:
+    """A YAML file Hydra wrote, when it holds a `kind` (dict or list); with interpolations, as an OmegaConf
+    node that can resolve them. A file that is there but cannot be read is added to `warnings`."""
+    if not path.is_file():
+        return None
     try:
         text = path.read_text()
         data = yaml.load(text, Loader=_Loader)
-    except (OSError, yaml.YAMLError):
+        if not isinstance(data, kind):
+            raise ValueError(f"it holds no {'mapping' if kind is dict else 'list'}")
+        return OmegaConf.create(data) if "${" in text else data
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        warnings.append(f"{path} cannot be read ({reason[:160]})")
         return None
-    return OmegaConf.create(data) if "${" in text and isinstance(data, (dict, list)) else data
 
 
 def read_metrics(run_dir: Path) -> dict:
@@ -112,9 +120,12 @@ FROM_METRICS = ("dataset", "teacher", "student", "method", "schedule")  # when a
 def read_run(run_dir: Path) -> Run:
     run_dir = Path(run_dir)
     metrics = read_metrics(run_dir)
-    config = _load_yaml(run_dir / ".hydra" / "config.yaml")
-    hydra = _load_yaml(run_dir / ".hydra" / "hydra.yaml")
-    overrides = _load_yaml(run_dir / ".hydra" / "overrides.yaml")
+    warnings: list[str] = []
+    config = _load_yaml(run_dir / ".hydra" / "config.yaml", dict, warnings)
+    if warnings:
+        warnings[-1] += ": the run is shown with the few values its metrics.json holds"
+    hydra = _load_yaml(run_dir / ".hydra" / "hydra.yaml", dict, warnings)
+    overrides = _load_yaml(run_dir / ".hydra" / "overrides.yaml", list, warnings)
     has_config = isinstance(config, (dict, DictConfig))
     choices = {}
     if has_config:
@@ -129,7 +140,7 @@ def read_run(run_dir: Path) -> Run:
         choices = {str(k): v for k, v in raw.items() if not str(k).startswith("hydra/")}
     return Run(path=run_dir, metrics=metrics, config=flat, choices=choices,
                overrides=[str(o) for o in overrides] if isinstance(overrides, (list, ListConfig)) else [],
-               has_config=has_config)
+               has_config=has_config, warnings=warnings)
 
 
 def _natural(path: Path) -> list:

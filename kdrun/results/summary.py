@@ -10,7 +10,8 @@ def fmt_acc(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def print_run_summary(m: dict) -> None:
+def print_run_summary(m: dict, run_dir=None) -> None:
+    """The run's table; then its epochs, time and speed, and the directory that holds its files."""
     table = Table(title=f"kdrun: {m.get('method')} on {m.get('dataset')} ({m.get('status')})")
     for col in ("model", "role", "test acc (%)"):
         table.add_column(col, justify="right" if "acc" in col else "left")
@@ -31,3 +32,5 @@ def print_run_summary(m: dict) -> None:
     ips = m.get("train_images_per_s")
     console.print(f"epochs {m.get('epochs')}  ·  wall time {m.get('wall_time_s', 0):.1f} s  ·  "
                   f"{ips or 0:.0f} train images/s")
+    if run_dir is not None:
+        console.print(f"Run directory: {run_dir}", markup=False, soft_wrap=True)

@@ -111,7 +111,7 @@ class Summary:
 
     def markdown(self, base: Path, grids: list[Grid], metric: str) -> str:
         lines = ["# kdrun summary", "", self.headline() + ". Accuracy: mean ± sample std over seeds; "
-                 "`n` completed runs.", "", *_md_table(self._headers(), [self._row_cells(g) for g in self.groups])]
+                 "`n` seeds that completed (runs of one seed count once, their mean).", "", *_md_table(self._headers(), [self._row_cells(g) for g in self.groups])]
         if self.not_completed:
             lines += ["", "## Runs that did not complete", "",
                       *_md_table(["run", "status", "error", "configuration"], self._problem_rows(base))]

@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from kdrun.console import plural
 from kdrun.data.base import Dataset
 from kdrun.errors import UserError
 from kdrun.methods import method_class
@@ -239,8 +240,9 @@ class ScheduleRunner:
         distiller.phase = stage.phase
         parameters = distiller.init_parameters() if stage.phase == "init" else None
         held = hold_statistics(model, parameters) if parameters is not None else None
-        log.info("Stage %s: %s, method %s%s, %s, %d epochs.", stage.name, label, stage.method_cfg.name,
-                 " (initialisation phase)" if stage.phase == "init" else "", source, stage.train_recipe.epochs)
+        log.info("Stage %s: %s, method %s%s, %s, %s.", stage.name, label, stage.method_cfg.name,
+                 " (initialisation phase)" if stage.phase == "init" else "", source,
+                 plural(stage.train_recipe.epochs, "epoch"))
         try:
             result = fit(distiller, self.data, stage.train_recipe, stage=stage.name, seed=self.seed,
                          checkpoint=self.checkpoint(stage), progress=self.progress, on_epoch=self.on_epoch,

@@ -7,6 +7,7 @@ is a template: it becomes one stage per item of a list (or per number 1..N for a
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields, replace
 from typing import Any, Optional
 
@@ -43,19 +44,24 @@ class Stage:
 SPEC_KEYS = [f.name for f in fields(Stage) if f.name not in ("method_cfg", "train_recipe")]
 
 
-def expand(entries: list, where: str) -> list[dict]:
-    """Stage entries with `for_each` templates replaced by one entry per item."""
-    out = []
+def expand(entries: list, where: str, sources: Optional[dict[int, str]] = None) -> list[dict]:
+    """Stage entries with `for_each` templates replaced by one entry per item. `sources` names, per entry,
+    the config key its `for_each` takes its value from (`schedule.generations`): messages name that key."""
+    sources = sources or {}
+    out, negative = [], None
     for n, entry in enumerate(entries):
         require(isinstance(entry, dict), f"{where}[{n}] must be a mapping of stage keys ({', '.join(SPEC_KEYS)}).")
         if "for_each" not in entry:
             out.append(entry)
             continue
         items = entry["for_each"]
+        label = sources.get(n, f"{where}[{n}].for_each")
         if isinstance(items, int) and not isinstance(items, bool):
-            require(items >= 0, f"{where}[{n}].for_each must be a list or a count of 0 or more, got {items}.")
+            if items < 0:
+                negative = negative or (label, items)
+                items = 0
             items = list(range(1, items + 1))
-        require(isinstance(items, list), f"{where}[{n}].for_each must be a list or a count, got {items!r}.")
+        require(isinstance(items, list), f"{label} must be a list or a count, got {items!r}.")
         template = {k: v for k, v in entry.items() if k != "for_each"}
         for index, item in enumerate(items, start=1):
             try:
@@ -64,7 +70,26 @@ def expand(entries: list, where: str) -> list[dict]:
             except (KeyError, ValueError, IndexError) as e:
                 raise UserError(f"{where}[{n}]: a for_each template may use only {{item}} and {{index}} "
                                 f"in its strings ({type(e).__name__}: {e}).") from None
+    if negative:  # the smallest count that still leaves the schedule a stage
+        label, items = negative
+        raise UserError(f"{label}={items}: expected a count of {0 if out else 1} or more (the number of stages "
+                        f"made from it).")
     return out
+
+
+def for_each_sources(cfg: DictConfig) -> dict[int, str]:
+    """The config key each `for_each` of schedule.stages interpolates, e.g. {0: "schedule.generations"}."""
+    raw = OmegaConf.to_container(cfg.schedule, resolve=False).get("stages")
+    out = {}
+    for n, entry in enumerate(raw if isinstance(raw, list) else []):
+        value = entry.get("for_each") if isinstance(entry, dict) else None
+        if isinstance(value, str) and re.fullmatch(r"\$\{[\w.]+\}", value.strip()):
+            out[n] = value.strip()[2:-1]
+    return out
+
+
+def _show(value: Any) -> str:
+    return "[]" if value == [] else str(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
 
 
 def require_complete(cfg: DictConfig) -> None:
@@ -104,7 +129,12 @@ def build_stages(cfg: DictConfig) -> list[Stage]:
     require_complete(cfg)
     raw = OmegaConf.to_container(cfg.schedule.get("stages") or [], resolve=True)
     require(isinstance(raw, list), f"{where} must be a list of stages.")
-    entries = expand(raw, where)
+    sources = for_each_sources(cfg)
+    entries = expand(raw, where, sources)
+    if not entries and sources:  # every stage came from a count or a list that is empty
+        keys = ", ".join(f"{key}={_show(OmegaConf.select(cfg, key))}" for key in sources.values())
+        raise UserError(f"{keys} leaves schedule={cfg.schedule.name} without stages (they are made from it). "
+                        f"Give it a count of 1 or more (or a list of 1 item or more).")
     require(entries, f"{where} is empty: a schedule needs at least one stage.")
     stages, names = [], set()
     for n, entry in enumerate(entries):

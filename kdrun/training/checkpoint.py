@@ -20,6 +20,7 @@ def atomic_write(path: Path, write) -> None:
         raise unwritable(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())  # mkstemp makes 0600: the mode open() would give
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -30,6 +31,21 @@ def atomic_write(path: Path, write) -> None:
         if isinstance(e, OSError):
             raise unwritable(path, e) from None
         raise
+
+
+def current_umask() -> int:
+    """The process's umask: from /proc on Linux, else by setting it and putting it back at once (the one
+    way POSIX offers, which a thread creating a file in between would see)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def unwritable(path: Path, e: OSError) -> UserError:

@@ -9,12 +9,19 @@ from __future__ import annotations
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from kdrun.console import console
+from kdrun.errors import UserError
+
+
+PROGRESS = ("auto", "true", "false")
 
 
 def progress_enabled(setting) -> bool:
-    if isinstance(setting, bool):
-        return setting and console.is_terminal
-    return str(setting).lower() not in ("false", "off", "0") and console.is_terminal
+    """`progress`: auto (on a terminal), true (the same: never drawn into a file), false."""
+    value = str(setting).lower() if isinstance(setting, (bool, str)) else None
+    if value not in PROGRESS:
+        raise UserError(f"progress={setting}: expected one of {', '.join(PROGRESS)} (auto and true draw the live "
+                        f"display on a terminal only). Give progress one of them, e.g. progress=false.")
+    return value != "false" and console.is_terminal
 
 
 class StageProgress:

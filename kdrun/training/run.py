@@ -55,7 +55,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         )
     if record.previous_status == "completed":
         log.info("Run in %s is already completed: nothing to do (delete metrics.json to run it again).", run_dir)
-        print_run_summary(record.metrics)
+        print_run_summary(record.metrics, run_dir)
         return record.metrics
 
     # Everything a user can get wrong is checked before any training.
@@ -117,7 +117,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         log.info("Ensemble of %s (mean of softmax outputs): test acc %.2f%%.",
                  ", ".join(final["ensemble"]), final["ensemble_test_acc"])
     record.finish("completed", **final)
-    print_run_summary(record.metrics)
+    print_run_summary(record.metrics, run_dir)
     return record.metrics
 
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
+from kdrun.console import plural
 from kdrun.data.base import Dataset
 from kdrun.data.whiten import is_off
 from kdrun.errors import UserError
@@ -60,7 +61,7 @@ def cache_key(model_cfg: DictConfig, dataset_cfg: DictConfig, recipe: Recipe, se
 
 
 def entry_path(cache_dir: Path, label: str, dataset_name: str, seed: int, key: str) -> Path:
-    return Path(cache_dir) / "teachers" / f"{label}-{dataset_name}-s{seed}-{key}.pt"
+    return Path(cache_dir).expanduser() / "teachers" / f"{label}-{dataset_name}-s{seed}-{key}.pt"
 
 
 def cache_path(cache_dir: Path, model_cfg: DictConfig, dataset_cfg: DictConfig, recipe: Recipe, seed: int) -> Path:
@@ -70,8 +71,14 @@ def cache_path(cache_dir: Path, model_cfg: DictConfig, dataset_cfg: DictConfig, 
 
 @contextlib.contextmanager
 def file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as handle:
+    try:  # checked before the run (kdrun.callbacks), but the disk may have changed since
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_suffix(".lock"), "w")
+    except OSError as e:
+        from kdrun.callbacks import cache_unwritable
+
+        raise UserError(cache_unwritable(path.parent.parent, f"{e.strerror or e}: {e.filename or path.parent}")) from None
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -145,8 +152,8 @@ def obtain_teacher(cfg: DictConfig, teacher: nn.Module, data: Dataset, progress:
             log.info("Teacher %s reused from the teacher cache: %s (test acc %.2f%%, no training).",
                      label, path, entry["test_acc"])
             return float(entry["test_acc"]), str(path)
-        log.info("Teacher %s not in the cache: training it (%d epochs), then caching it at %s.",
-                 label, recipe.epochs, path)
+        log.info("Teacher %s not in the cache: training it (%s), then caching it at %s.",
+                 label, plural(recipe.epochs, "epoch"), path)
         partial = path.with_suffix(".partial.pt")
         trained, acc = train_teacher(cfg, data, recipe, seed, progress, partial)
         save_torch(path, {"state_dict": trained.state_dict(), "test_acc": acc, "model": label,
