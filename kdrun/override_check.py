@@ -159,6 +159,10 @@ def _check_launcher_keys(overrides: list[Override]) -> None:
         try:
             check_key(cfg, key)
         except UserError as e:
+            node = OmegaConf.select(cfg, "hydra.launcher")
+            part = key.split(".")[2]
+            if difflib.get_close_matches(part, [str(k) for k in node.keys()], n=1):  # a typo: said so
+                raise
             others = [name for name in _launchers() if f"hydra/launcher={name}" not in launcher
                       and _has_key(["hydra/launcher=" + name], key)]
             hint = f" It is a key of {', '.join('hydra/launcher=' + n for n in others)}." if others else ""
