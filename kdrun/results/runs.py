@@ -18,7 +18,7 @@ from kdrun.errors import UserError
 METRICS_FILE = "metrics.json"
 NOT_STARTED = "not started"  # a job directory with Hydra's config but no metrics.json
 
-# Keys that do not change what a run computes (kdrun.training.run.NOT_IN_IDENTITY), plus the seed:
+# Keys that do not change what a run computes (kdrun.results.identity.NOT_IN_IDENTITY), plus the seed:
 # runs that differ only in these belong to one configuration.
 NOT_IN_CONFIGURATION = ("seed", "progress", "cache_dir", "device")
 
