@@ -107,6 +107,18 @@ def read_metrics(run_dir: Path) -> dict:
 
 
 FROM_METRICS = ("dataset", "teacher", "student", "method", "schedule")  # when a run has no .hydra/
+RELABELLED = "relabelled"  # a run whose .hydra/config.yaml is another configuration's
+
+
+def describes(config: Any, config_id: str) -> bool:
+    """Whether a run's .hydra/config.yaml is the configuration its metrics.json was recorded under
+    (True when that cannot be told here, e.g. an interpolation that resolves only inside Hydra)."""
+    from kdrun.results.identity import config_identity
+
+    try:
+        return config_identity(config) == config_id
+    except Exception:
+        return True
 
 
 def read_run(run_dir: Path) -> Run:
@@ -116,6 +128,13 @@ def read_run(run_dir: Path) -> Run:
     hydra = _load_yaml(run_dir / ".hydra" / "hydra.yaml")
     overrides = _load_yaml(run_dir / ".hydra" / "overrides.yaml")
     has_config = isinstance(config, (dict, DictConfig))
+    if has_config and metrics.get("config_id") and not describes(config, str(metrics["config_id"])):
+        metrics = {**metrics, "status": RELABELLED, "error": (
+            f"{run_dir / '.hydra' / 'config.yaml'} does not describe this run: its config_id is not the run's "
+            f"({metrics['config_id']} in metrics.json). The config was rewritten after the run (an earlier kdrun "
+            f"let Hydra rewrite .hydra/ before it refused another configuration), so the run's configuration is "
+            f"unknown and it is left out of the table.")}
+        has_config, hydra, overrides = False, None, None
     choices = {}
     if has_config:
         flat = flatten(config)
