@@ -5,6 +5,7 @@ import logging
 import sys
 import traceback
 from pathlib import Path
+from typing import Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -18,26 +19,41 @@ from kdrun.override_check import check_override_grammar, check_override_keys
 log = logging.getLogger("kdrun")
 
 
-def _in_multirun() -> bool:
-    return HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def app(cfg: DictConfig):
     from kdrun.config_check import check_config
-    from kdrun.training.run import run
+    from kdrun.results.identity import RunDirTaken, claim, write_config
+    from kdrun.schedules.spec import require_complete
+    from kdrun.training.run import report_completed, run
     from kdrun.training.signals import RunInterrupted, interrupts_raise
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    claimed, log_file = None, None
     with interrupts_raise():
         try:
             if _in_process_job(hydra_cfg):
                 check_config(cfg, hydra_cfg.runtime.choices, hydra_cfg.job.config_name)
-            return run(cfg, run_dir)
+            require_complete(cfg)
+            # Nothing is written into the directory before it is known to be free or this configuration's.
+            claimed = claim(run_dir, cfg, "hydra.sweep.dir" if multirun else "hydra.run.dir")
+            held = claimed[1]
+            if held is not None and held.status == "completed":
+                report_completed(run_dir, held.metrics)
+                return held.metrics
+            log_file = open_run_log(run_dir, str(hydra_cfg.job.name))
+            if held is None or not (run_dir / CONFIG_RECORD).is_file():
+                write_config(run_dir, cfg, hydra_cfg, list(hydra_cfg.overrides.task))
+            return run(cfg, run_dir, claimed)
         except SystemExit:  # submitit's requeue on pre-emption ends the job this way
-            _record(cfg, run_dir, "interrupted", "stopped by the job scheduler (requeued)")
+            _record(cfg, run_dir, claimed, "interrupted", "stopped by the job scheduler (requeued)")
             raise
+        except RunDirTaken as e:
+            log.error(str(e))
+            if multirun:
+                return {"status": "refused", "error": str(e)}
+            sys.exit(2)
         except (UserError, KeyboardInterrupt, Exception) as e:
             user_error = isinstance(e, UserError)
             interrupted = isinstance(e, KeyboardInterrupt)
@@ -45,7 +61,7 @@ def app(cfg: DictConfig):
             if interrupted:
                 name = e.signal_name if isinstance(e, RunInterrupted) else "SIGINT"
                 message = f"interrupted by {name}"
-            _record(cfg, run_dir, "interrupted" if interrupted else "failed", message,
+            _record(cfg, run_dir, claimed, "interrupted" if interrupted else "failed", message,
                     **getattr(e, "details", {}))
             if interrupted:
                 log.error("Run %s. Every completed epoch is in its checkpoint: rerun the same command with %s "
@@ -54,23 +70,43 @@ def app(cfg: DictConfig):
                 log.error(message)
             else:
                 log.error("The run failed:\n%s", traceback.format_exc())
-            if _in_multirun() and not interrupted:
+            if multirun and not interrupted:
                 return {"status": "failed", "error": message}  # the other jobs of the sweep go on
             code = e.exit_code if isinstance(e, RunInterrupted) else 130 if interrupted else 2 if user_error else 1
             sys.exit(code)
+        finally:
+            close_run_log(log_file)
 
 
-def _record(cfg: DictConfig, run_dir: Path, status: str, message: str, **fields) -> None:
-    """Record how the run ended, unless the directory holds a completed run or another configuration's."""
+CONFIG_RECORD = Path(".hydra") / "config.yaml"
+LOG_FORMAT = "[%(asctime)s][%(levelname)s] %(message)s"
+
+
+def open_run_log(run_dir: Path, name: str) -> logging.Handler:
+    """The run's log file (JOB_NAME.log, appended to on resume), opened once the directory is claimed."""
+    handler = logging.FileHandler(run_dir / f"{name}.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def close_run_log(handler: Optional[logging.Handler]) -> None:
+    """The next job of a sweep in this process, and the launcher's own lines, do not go into this run's log."""
+    if handler is not None:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def _record(cfg: DictConfig, run_dir: Path, claimed, status: str, message: str, **fields) -> None:
+    """Record how the run ended: in a directory this run claimed (unless that run had completed), or in
+    one that holds no work; never in one that holds another configuration's."""
+    from kdrun.results.identity import held_by
     from kdrun.results.metrics import RunRecord
-    from kdrun.training.run import config_identity
 
+    if claimed is None and held_by(run_dir) is not None:
+        return
     record = RunRecord(run_dir)
-    try:
-        identity = config_identity(cfg)
-    except Exception:  # a config that cannot be resolved has no identity
-        identity = None
-    if record.metrics.get("status") == "completed" or record.metrics.get("config_id") not in (None, identity):
+    if record.metrics.get("status") == "completed":
         return
     try:
         record.finish(status, error=message, **fields)
@@ -143,12 +179,19 @@ def main() -> None:
     except UserError as e:
         sys.stderr.write(f"kdrun: {e}\n")
         sys.exit(2)
+    exit_code = None  # the status kdrun is already leaving with (a signal, a refusal)
     try:
         app()
+    except SystemExit as e:
+        exit_code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        raise
+    except KeyboardInterrupt:  # Ctrl-C between two jobs of a sweep
+        exit_code = 130
+        raise SystemExit(130) from None
     finally:
-        status = finish_sweep()  # a sweep's summary, also when Hydra stopped the sweep early
+        status = finish_sweep(exit_code)  # a sweep's summary, also when Hydra stopped the sweep early
     if status:
-        sys.exit(status)  # some job of the sweep failed
+        sys.exit(status)  # some job of the sweep failed, was refused or did not start
 
 
 if __name__ == "__main__":

@@ -32,12 +32,14 @@ _registered = False
 
 
 def register_launchers() -> None:
-    """kdrun's Hydra launchers. Hydra finds plugins by scanning the `hydra_plugins` folders on sys.path,
+    """kdrun's Hydra launcher and sweeper. Hydra finds plugins by scanning the `hydra_plugins` folders on sys.path,
     which misses them in an editable install (setuptools maps packages there with an import hook)."""
     from hydra.core.plugins import Plugins
     from hydra_plugins.kdrun_launchers.local_gpus import LocalGpusLauncher
+    from hydra_plugins.kdrun_launchers.sweeper import KdrunSweeper  # also stores hydra/sweeper=kdrun
 
     Plugins.instance().register(LocalGpusLauncher)
+    Plugins.instance().register(KdrunSweeper)
 
 
 def check_launcher(argv: list[str]) -> None:

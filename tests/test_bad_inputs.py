@@ -275,7 +275,8 @@ def test_corrupt_checkpoint_on_resume_is_refused_by_name(cli, tmp_path):
                    "does not start over")
     assert checkpoint.stat().st_size == len(good) // 2  # left as it was for the user to look at
     torch.save({"epoch": 1}, checkpoint)  # a readable file, but not a checkpoint of this stage
-    assert_refused(*cli("train.epochs=2", f"hydra.run.dir={run_dir}"), f"{checkpoint} does not belong")
+    assert_refused(*cli("train.epochs=2", f"hydra.run.dir={run_dir}"), f"{checkpoint} of stage 'kd' carries no "
+                   f"config_id", f"Delete {checkpoint} to train stage 'kd' from its start")
     checkpoint.write_bytes(good)
     code, out = cli("train.epochs=2", f"hydra.run.dir={run_dir}")
     assert code == 0, out

@@ -17,7 +17,7 @@ from kdrun.results.runs import NOT_IN_CONFIGURATION, find_runs
 from kdrun.results import sweep
 from kdrun.results.sweep import begin_sweep, finish_sweep
 from kdrun.results.tables import Summary
-from kdrun.training.run import NOT_IN_IDENTITY
+from kdrun.results.identity import NOT_IN_IDENTITY
 
 
 def base_config(**method) -> dict:
@@ -96,7 +96,7 @@ def test_runs_differing_only_by_seed_form_one_group(grid_sweep):
 
 
 def test_keys_that_never_change_results_do_not_split_groups():
-    assert set(NOT_IN_IDENTITY) <= set(NOT_IN_CONFIGURATION)  # kdrun.training.run's list, plus the seed
+    assert set(NOT_IN_IDENTITY) <= set(NOT_IN_CONFIGURATION)  # kdrun.results.identity's list, plus the seed
     assert "seed" in NOT_IN_CONFIGURATION
 
 

@@ -222,7 +222,7 @@ def test_run_with_speed_options_writes_images_per_second(tmp_path):
     metrics = run(cfg, tmp_path / "run")
     assert metrics["status"] == "completed" and metrics["train_images_per_s"] > 0
     again = compose_config(QUICK + ["train.precision=fp32", "train.epochs=2"])
-    from kdrun.training.run import config_identity
+    from kdrun.results.identity import config_identity
     assert config_identity(again) == config_identity(cfg)  # a run may resume with other speed settings
 
 

@@ -24,6 +24,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hydra_plugins.kdrun_launchers.job import BOOTSTRAP, task_reference
+from kdrun.errors import UserError
 from hydra_plugins.kdrun_launchers.slots import Slot, available_cores, free_slot, plan_slots, visible_gpus
 
 log = logging.getLogger(__name__)
@@ -173,19 +174,25 @@ class LocalGpusLauncher(Launcher):
 
 
 def _save_job_config(config: DictConfig, job_dir: Path) -> None:
-    """The .hydra/ files that run_job writes when the job starts, written already here: a job whose
-    process dies before that (killed while importing) can still be told apart in the summary."""
+    """The job's .hydra/ (which kdrun's task writes when it starts), written already here: a job whose
+    process dies before that (killed while importing) can still be told apart in the summary. Only into
+    a directory that holds no work: kdrun's sweeper has checked that none holds another configuration's."""
+    from kdrun.results.identity import claim, write_config
+
     job_dir.mkdir(parents=True, exist_ok=True)
-    if config.hydra.output_subdir is None:
-        return
-    out = job_dir / str(config.hydra.output_subdir)
-    out.mkdir(parents=True, exist_ok=True)
     task_cfg = copy.deepcopy(config)
     with read_write(task_cfg), open_dict(task_cfg):
         del task_cfg["hydra"]
-    OmegaConf.save(task_cfg, out / "config.yaml")
-    OmegaConf.save(OmegaConf.create({"hydra": config.hydra}), out / "hydra.yaml")
-    OmegaConf.save(config.hydra.overrides.task, out / "overrides.yaml")
+    saved = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(config)
+    try:
+        _, held = claim(job_dir, OmegaConf.to_container(task_cfg, resolve=True), "hydra.sweep.dir")
+    except UserError:
+        return  # the job itself refuses, with the message
+    finally:
+        HydraConfig.instance().cfg = saved
+    if held is None:
+        write_config(job_dir, task_cfg, config.hydra, list(config.hydra.overrides.task))
 
 
 def _exit_on_signal(signum, frame) -> None:

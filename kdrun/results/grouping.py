@@ -58,7 +58,7 @@ class Group:
 
     @property
     def failed(self) -> list[Run]:
-        return [r for r in self.runs if r.status in ("failed", "unreadable")]
+        return [r for r in self.runs if r.status in ("failed", "unreadable", "relabelled")]
 
     @property
     def unfinished(self) -> list[Run]:

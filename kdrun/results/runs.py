@@ -18,7 +18,7 @@ from kdrun.errors import UserError
 METRICS_FILE = "metrics.json"
 NOT_STARTED = "not started"  # a job directory with Hydra's config but no metrics.json
 
-# Keys that do not change what a run computes (kdrun.training.run.NOT_IN_IDENTITY), plus the seed:
+# Keys that do not change what a run computes (kdrun.results.identity.NOT_IN_IDENTITY), plus the seed:
 # runs that differ only in these belong to one configuration.
 NOT_IN_CONFIGURATION = ("seed", "progress", "cache_dir", "device")
 
@@ -115,6 +115,18 @@ def read_metrics(run_dir: Path) -> dict:
 
 
 FROM_METRICS = ("dataset", "teacher", "student", "method", "schedule")  # when a run has no .hydra/
+RELABELLED = "relabelled"  # a run whose .hydra/config.yaml is another configuration's
+
+
+def describes(config: Any, config_id: str) -> bool:
+    """Whether a run's .hydra/config.yaml is the configuration its metrics.json was recorded under
+    (True when that cannot be told here, e.g. an interpolation that resolves only inside Hydra)."""
+    from kdrun.results.identity import config_identity
+
+    try:
+        return config_identity(config) == config_id
+    except Exception:
+        return True
 
 
 def read_run(run_dir: Path) -> Run:
@@ -127,6 +139,13 @@ def read_run(run_dir: Path) -> Run:
     hydra = _load_yaml(run_dir / ".hydra" / "hydra.yaml", dict, warnings)
     overrides = _load_yaml(run_dir / ".hydra" / "overrides.yaml", list, warnings)
     has_config = isinstance(config, (dict, DictConfig))
+    if has_config and metrics.get("config_id") and not describes(config, str(metrics["config_id"])):
+        metrics = {**metrics, "status": RELABELLED, "error": (
+            f"{run_dir / '.hydra' / 'config.yaml'} does not describe this run: its config_id is not the run's "
+            f"({metrics['config_id']} in metrics.json). The config was rewritten after the run (an earlier kdrun "
+            f"let Hydra rewrite .hydra/ before it refused another configuration), so the run's configuration is "
+            f"unknown and it is left out of the table.")}
+        has_config, hydra, overrides = False, None, None
     choices = {}
     if has_config:
         flat = flatten(config)

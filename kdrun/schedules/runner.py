@@ -28,13 +28,13 @@ from kdrun.methods.base import Distiller
 from kdrun.models import build_model, model_defaults, model_label
 from kdrun.schedules.spec import Stage
 from kdrun.models.probe import require_input_size
-from kdrun.training.checkpoint import load_torch, save_torch
+from kdrun.training.checkpoint import save_torch
 from kdrun.training.ensemble import build_teacher, teacher_label
 from kdrun.training.lone_batch import has_lone_batch, require_no_lone_batch
 from kdrun.training.loop import StageResult, epoch_seed, fit
 from kdrun.training.recipe import Recipe
 from kdrun.training.teacher import (CACHE_FORMAT, dataset_identity, digest, entry_path, file_lock,
-                                    model_identity)
+                                    load_entry, model_identity)
 
 log = logging.getLogger("kdrun")
 
@@ -94,8 +94,10 @@ def hold_statistics(model: nn.Module, trained: list[nn.Parameter]):
 
 class ScheduleRunner:
     def __init__(self, cfg: DictConfig, data: Dataset, run_dir: Path, *, teacher: Optional[nn.Module],
-                 progress: bool, on_epoch: Callable[[dict], None], on_stage: Callable[[list[dict]], None]):
+                 progress: bool, on_epoch: Callable[[dict], None], on_stage: Callable[[list[dict]], None],
+                 identity: Optional[str] = None):
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
+        self.identity = identity  # the run's config_id, stamped on its checkpoints
         self.seed = int(cfg.seed)
         self.teacher = teacher  # the run's teacher; trained (or loaded) before `run`
         self.teacher_key: Optional[str] = None  # what the run's teacher is (set with its weights)
@@ -207,7 +209,7 @@ class ScheduleRunner:
             # A stage this run has started (its checkpoint exists) is resumed or loaded from there,
             # so its history is the same as in an uninterrupted run.
             if path.exists() and not self.checkpoint(stage).exists():
-                entry = load_torch(path, "cached model")
+                entry = load_entry(path, key, "cached model")
                 model.load_state_dict(entry["state_dict"])
                 log.info("Stage %s: %s reused from the teacher cache: %s (test acc %.2f%%, no training).",
                          stage.name, label, path, entry["test_acc"])
@@ -216,7 +218,7 @@ class ScheduleRunner:
                 log.info("Stage %s: %s not in the teacher cache: training it, then caching it at %s.",
                          stage.name, label, path)
             outcome = self.train(stage, model, teacher, label, key, source)
-            save_torch(path, {"state_dict": model.state_dict(), "test_acc": outcome.test_acc, "model": label,
+            save_torch(path, {"key": key, "state_dict": model.state_dict(), "test_acc": outcome.test_acc, "model": label,
                               "dataset": str(self.cfg.dataset.name), "recipe": stage.train_recipe.as_dict(),
                               "seed": self.seed, "stage": stage.name, "teacher_key": teacher_key})
             outcome.cached_at = str(path)
@@ -246,7 +248,7 @@ class ScheduleRunner:
         try:
             result = fit(distiller, self.data, stage.train_recipe, stage=stage.name, seed=self.seed,
                          checkpoint=self.checkpoint(stage), progress=self.progress, on_epoch=self.on_epoch,
-                         parameters=parameters)
+                         parameters=parameters, stamp={"config_id": self.identity, "stage_key": key})
         finally:
             distiller.phase = "main"
             if held is not None:

@@ -81,8 +81,13 @@ def fit(
     progress: bool = False,
     on_epoch: Optional[Callable[[dict], None]] = None,
     parameters: Optional[list] = None,
+    stamp: Optional[dict] = None,
 ) -> StageResult:
-    """Train `parameters` (default: every trainable parameter of the method, student included)."""
+    """Train `parameters` (default: every trainable parameter of the method, student included).
+
+    `stamp`: what the checkpoint was made under (the run's `config_id`, a cache key): saved with every
+    checkpoint, and a checkpoint with another stamp is refused instead of resumed."""
+    stamp = dict(stamp or {})
     params = parameters if parameters is not None else [p for p in distiller.parameters() if p.requires_grad]
     data = recipe.data_for(data)
     speed = start_stage(distiller, data, recipe)  # before the optimiser: it may change memory formats
@@ -93,6 +98,7 @@ def fit(
     start = 1
     if checkpoint is not None and checkpoint.exists():
         state = load_torch(checkpoint, f"checkpoint of stage {stage!r}")
+        check_stamp(state, stamp, checkpoint, stage)
         try:
             distiller.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -164,7 +170,7 @@ def fit(
             result.history.append(entry)
             if checkpoint is not None:
                 save_torch(checkpoint, {
-                    "stage": stage, "epoch": epoch, "model": distiller.state_dict(),
+                    **stamp, "stage": stage, "epoch": epoch, "model": distiller.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "history": result.history, "train_images": result.train_images,
                     "train_seconds": result.train_seconds, "rng": rng_state(),
@@ -178,6 +184,27 @@ def fit(
                 on_epoch(entry)
     distiller.teacher_cache = None
     return result
+
+
+STAMPS = {"config_id": "another configuration of the run",
+          "stage_key": "another teacher or starting point of the stage (their weights differ)",
+          "cache_key": "another teacher configuration"}
+
+
+def check_stamp(state, stamp: dict, checkpoint: Path, stage: str) -> None:
+    """A checkpoint is resumed only by the configuration that made it."""
+    if not isinstance(state, dict):
+        return  # the layout check below says what is wrong
+    made = {k: state.get(k) for k in stamp}
+    if made == stamp:
+        return
+    key = next(k for k in stamp if made[k] != stamp[k])
+    if made[key] is None:
+        how = f"carries no {key}, so kdrun cannot tell what made it (kdrun records one in every checkpoint it writes)"
+    else:
+        how = f"was made under {STAMPS.get(key, key)} ({key} {made[key]} there, {stamp[key]} here)"
+    raise UserError(f"The checkpoint {checkpoint} of stage {stage!r} {how}: kdrun does not resume another "
+                    f"configuration's training. Delete {checkpoint} to train stage {stage!r} from its start.")
 
 
 def set_momentum(optimizer: torch.optim.Optimizer, momentum: float) -> None:

@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from kdrun.data import build_dataset
-from kdrun.errors import UserError
 from kdrun.methods import method_class
 from kdrun.models import MODELS, model_label
+from kdrun.results.identity import Held, claim
 from kdrun.results.metrics import RunRecord
 from kdrun.results.summary import print_run_summary
 from kdrun.schedules import build_stages
@@ -24,16 +24,8 @@ from kdrun.training.device import configure_threads, resolve_device
 from kdrun.training.ensemble import build_teacher, obtain_teachers, teacher_label
 from kdrun.training.progress import progress_enabled
 from kdrun.training.recipe import Recipe
-from kdrun.training.speed import without_speed_keys
 
 log = logging.getLogger("kdrun")
-NOT_IN_IDENTITY = ("progress", "cache_dir", "device")  # keys that do not change what a run computes
-
-
-def config_identity(cfg: DictConfig) -> str:
-    plain = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in NOT_IN_IDENTITY}
-    plain = without_speed_keys(plain)  # speed and rounding only: a run may resume with other settings
-    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def check_names(cfg: DictConfig) -> None:
@@ -43,20 +35,15 @@ def check_names(cfg: DictConfig) -> None:
             MODELS.get(node.name)
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
+def run(cfg: DictConfig, run_dir: Path, claimed: Optional[tuple[str, Optional[Held]]] = None) -> dict:
+    """`claimed`: what `claim(run_dir, cfg)` returned, when the caller has claimed the directory already."""
     run_dir = Path(run_dir)
-    record = RunRecord(run_dir)
     require_complete(cfg)
-    identity = config_identity(cfg)
-    if record.metrics and record.metrics.get("config_id") not in (None, identity):
-        raise UserError(
-            f"{run_dir} already holds a run of another configuration. Choose a new output directory "
-            f"(hydra.run.dir=...) or rerun the same command to resume that run."
-        )
-    if record.previous_status == "completed":
-        log.info("Run in %s is already completed: nothing to do (delete metrics.json to run it again).", run_dir)
-        print_run_summary(record.metrics, run_dir)
-        return record.metrics
+    identity, held = claimed or claim(run_dir, cfg)  # refuses another configuration's directory
+    if held is not None and held.status == "completed":
+        report_completed(run_dir, held.metrics)
+        return held.metrics
+    record = RunRecord(run_dir)
 
     # Everything a user can get wrong is checked before any training.
     check_names(cfg)
@@ -76,7 +63,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     info = data.info
     teacher = build_teacher(cfg, info).to(device) if needs_teacher else None
     runner = ScheduleRunner(cfg, data, run_dir, teacher=teacher, progress=show_progress,
-                            on_epoch=record.add_epoch, on_stage=lambda stages_done: record.update(stages=stages_done))
+                            on_epoch=record.add_epoch, on_stage=lambda stages_done: record.update(stages=stages_done), identity=identity)
     runner.check(stages)
 
     record.start({
@@ -130,3 +117,9 @@ def teacher_identity(source: str) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()[:16]
+
+
+def report_completed(run_dir: Path, metrics: dict) -> None:
+    log.info("The run in %s is already completed: nothing to do. To train it again, delete %s and run the "
+             "same command.", run_dir, run_dir)
+    print_run_summary(metrics, run_dir)

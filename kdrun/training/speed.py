@@ -29,10 +29,10 @@ import torch
 import torch.nn as nn
 
 from kdrun.errors import UserError
+from kdrun.results.identity import RUNTIME_KEYS
 
 log = logging.getLogger("kdrun")
 
-RUNTIME_KEYS = ("precision", "channels_last", "compile", "cache_teacher")
 PRECISIONS = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -177,18 +177,6 @@ def end_epoch(distiller: nn.Module) -> None:
     """After a full epoch every training example has passed once: the teacher cache is complete."""
     if getattr(distiller, "teacher_cache", None) is not None:
         distiller.teacher_cache.epoch_done()
-
-
-def without_speed_keys(config: dict) -> dict:
-    """A plain config without the speed keys of any recipe (`train`, `teacher.train`, a stage's `train`)."""
-    out = {}
-    for k, v in config.items():
-        if isinstance(v, dict):
-            v = without_speed_keys(v)
-            if k == "train":
-                v = {kk: vv for kk, vv in v.items() if kk not in RUNTIME_KEYS}
-        out[k] = v
-    return out
 
 
 def with_speed_keys(recipe_node, train_node):

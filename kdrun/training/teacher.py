@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -86,6 +85,18 @@ def file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def load_entry(path: Path, key: str, what: str) -> dict:
+    """A teacher-cache entry, refused unless it was made under `key` (its file name says so too; an entry
+    cached before entries recorded their key is taken by its name)."""
+    entry = load_torch(path, what)
+    made = entry.get("key", key) if isinstance(entry, dict) else None
+    if made != key or "state_dict" not in entry:
+        raise UserError(f"The {what} {path} does not hold the model its name promises (key {made}, expected "
+                        f"{key}; was it renamed or copied?). Delete it and run again: kdrun trains and caches "
+                        f"that model anew.")
+    return entry
+
+
 def extract_state_dict(obj) -> dict:
     """Accept kdrun's files and the usual layouts of other KD code (RepDistiller, mdistiller, ...)."""
     if isinstance(obj, dict):
@@ -125,11 +136,12 @@ def teacher_seed(cfg: DictConfig) -> int:
 
 
 def train_teacher(cfg: DictConfig, data: Dataset, recipe: Recipe, seed: int, progress: bool,
-                  partial: Path) -> tuple[nn.Module, float]:
+                  partial: Path, key: str) -> tuple[nn.Module, float]:
     model = build_model(cfg.teacher, data.info).to(data.device)
     torch.manual_seed(seed)
     trainer = method_class("ce")(model, None, OmegaConf.create({"name": "ce"}), data.info)
-    result = fit(trainer, data, recipe, stage="teacher", seed=seed, checkpoint=partial, progress=progress)
+    result = fit(trainer, data, recipe, stage="teacher", seed=seed, checkpoint=partial, progress=progress,
+                 stamp={"cache_key": key})
     return model, result.test_acc
 
 
@@ -144,10 +156,11 @@ def obtain_teacher(cfg: DictConfig, teacher: nn.Module, data: Dataset, progress:
         return acc, str(path)
     recipe = Recipe.from_config(cfg.teacher.train, "teacher.train")
     seed = teacher_seed(cfg)
-    path = cache_path(Path(cfg.cache_dir), cfg.teacher, cfg.dataset, recipe, seed)
+    key = cache_key(cfg.teacher, cfg.dataset, recipe, seed)
+    path = entry_path(Path(cfg.cache_dir), label, str(cfg.dataset.name), seed, key)
     with file_lock(path):
         if path.exists():
-            entry = load_torch(path, "cached teacher")
+            entry = load_entry(path, key, "cached teacher")
             teacher.load_state_dict(entry["state_dict"])
             log.info("Teacher %s reused from the teacher cache: %s (test acc %.2f%%, no training).",
                      label, path, entry["test_acc"])
@@ -155,8 +168,8 @@ def obtain_teacher(cfg: DictConfig, teacher: nn.Module, data: Dataset, progress:
         log.info("Teacher %s not in the cache: training it (%s), then caching it at %s.",
                  label, plural(recipe.epochs, "epoch"), path)
         partial = path.with_suffix(".partial.pt")
-        trained, acc = train_teacher(cfg, data, recipe, seed, progress, partial)
-        save_torch(path, {"state_dict": trained.state_dict(), "test_acc": acc, "model": label,
+        trained, acc = train_teacher(cfg, data, recipe, seed, progress, partial, key)
+        save_torch(path, {"key": key, "state_dict": trained.state_dict(), "test_acc": acc, "model": label,
                           "dataset": str(cfg.dataset.name), "recipe": recipe.as_dict(), "seed": seed})
         partial.unlink(missing_ok=True)
         teacher.load_state_dict(trained.state_dict())
