@@ -8,7 +8,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -86,16 +86,17 @@ def _plain(value: Any) -> Any:
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # OmegaConf.load is ~10x slower: many runs
 
 
-def _load_yaml(path: Path, kind: type, warnings: list) -> Any:
+def _load_yaml(path: Path, kind: type = (dict, list), warnings: Optional[list] = None) -> Any:
     """A YAML file Hydra wrote, when it holds a `kind` (dict or list); with interpolations, as an OmegaConf
     node that can resolve them. A file that is there but cannot be read is added to `warnings`."""
     if not path.is_file():
         return None
+    warnings = [] if warnings is None else warnings
     try:
         text = path.read_text()
         data = yaml.load(text, Loader=_Loader)
         if not isinstance(data, kind):
-            raise ValueError(f"it holds no {'mapping' if kind is dict else 'list'}")
+            raise ValueError(f"it holds no {'list' if kind is list else 'mapping'}")
         return OmegaConf.create(data) if "${" in text else data
     except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
