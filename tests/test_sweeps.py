@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from conftest import QUICK, REPO, compose_config, kdrun_cli, read_json, run_dirs
-from hydra_plugins.kdrun_launchers.slots import free_slot, plan_slots, visible_gpus
+from hydra_plugins.kdrun_launchers.slots import Slot, free_slot, plan_slots, visible_gpus
 from kdrun.results.report import main as report_main
 
 ZOO = {"mlp_1200", "mlp_800", "wrn16_1", "wrn16_2", "wrn16_4", "wrn40_1", "wrn40_2", "wrn10_4", "wrn22_4", "resnet8",
