@@ -352,3 +352,53 @@ def test_crd_preset_uses_repdistillers_forms_of_ab_ft_at_and_fsp():
     assert not any(k.startswith("method.") for k in sweep)  # every job takes those defaults
     # The AB authors' recipe keeps their own init stage: the whole student, in train mode.
     assert compose_config(["experiment=ab_cifar10"]).method.init_trains == "student"
+
+
+# ---- the CRD preset's schedule: RepDistiller's init stage for ab, ft, fsp ----------------------------------
+
+def stages_of(*overrides):
+    from kdrun.schedules import build_stages
+
+    cfg = compose_config(["experiment=crd_cifar100", *overrides])
+    return [(s.name, s.phase, s.train_recipe.epochs, s.train_recipe.lr, list(s.train_recipe.milestones))
+            for s in build_stages(cfg)]
+
+
+def test_crd_preset_runs_repdistillers_init_stage_for_ab_ft_and_fsp_only():
+    """train_student.py: init(...) for abound, factor and fsp only, --init_epochs 30, at a constant lr
+    (helper/pretrain.py never adjusts it): 0.01 for factor with a CIFAR ResNet/WRN student, else the run's."""
+    main = ("ab", "main", 240, 0.05, [150, 180, 210])
+    assert stages_of("method=ab") == [("init", "init", 30, 0.05, []), main]
+    assert stages_of("method=fsp", "pair=resnet56-resnet20")[0] == ("init", "init", 30, 0.05, [])
+    assert stages_of("method=ft")[0] == ("init", "init", 30, 0.01, [])
+    assert stages_of("method=ft", "pair=vgg13-vgg8")[0] == ("init", "init", 30, 0.05, [])
+    assert stages_of("method=ft", "pair=resnet32x4-shufflenetv2")[0] == ("init", "init", 30, 0.01, [])
+    assert stages_of("method=fitnet") == [("fitnet", "main", 240, 0.05, [150, 180, 210])]  # RepDistiller's hint: joint
+    sweep = compose_config(["sweep=crd_table"], return_hydra_config=True).hydra.sweeper.params
+    assert sweep["schedule"] == compose_config(["experiment=crd_cifar100"]).schedule.name == "repdistiller"
+
+
+def test_only_for_leaves_a_stage_out_and_names_are_checked():
+    from kdrun.errors import UserError
+    from kdrun.schedules import build_stages
+
+    quick = ["dataset=synthetic", "teacher=mlp", "student=mlp", "schedule=repdistiller"]
+    assert [s.name for s in build_stages(compose_config(quick + ["method=kd"]))] == ["kd"]
+    bad = compose_config(quick + ["method=kd", "schedule.stages.0.only_for=[abx]"])
+    with pytest.raises(UserError, match="abx"):
+        build_stages(bad)
+    none = compose_config(quick + ["method=kd", "+schedule.stages.1.only_for=[ab]"])
+    with pytest.raises(UserError, match="only_for"):
+        build_stages(none)
+
+
+def test_init_stage_modes_hold_every_module_outside_the_trained_layers():
+    inner = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2), nn.Dropout(0.5))
+    model = nn.Sequential(inner, nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2), nn.Dropout(0.5))
+    handle = hold_statistics(model, list(inner.parameters()))
+    model.train()
+    model(torch.randn(2, 1, 3, 3))
+    handle.remove()
+    assert all(m.training for m in inner.modules())  # a trained container keeps everything in it in train mode
+    assert not any(m.training for m in (model, model[1], model[2], model[3]))  # BN and dropout outside: eval
+
