@@ -99,8 +99,9 @@ def test_ab_and_fsp_init_stages_train_the_students_feature_layers(name):
     ab = build_method(method_cfg("ab"), student, copy.deepcopy(student), CIFAR)
     assert not list(ab.connectors.parameters())  # equal shapes: RepDistiller's Connector is the identity
     assert trained_names(student, ab.init_parameters()) == feat
-    fsp = build_method(method_cfg("fsp"), student, copy.deepcopy(student), CIFAR)
-    assert trained_names(student, fsp.init_parameters()) == feat
+    if name in ("wrn16_2", "vgg8"):  # the same rule; on WRN FSP's last map (block3) is read before bn1
+        fsp = build_method(method_cfg("fsp"), student, copy.deepcopy(student), CIFAR)
+        assert trained_names(student, fsp.init_parameters()) == feat
 
 
 # ---- AB's connectors: RepDistiller's Connector (models/util.py) ---------------------------------------------

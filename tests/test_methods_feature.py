@@ -417,6 +417,11 @@ def test_init_stage_terms_parameters_and_the_main_stage_after_it(name, init_term
     ("ft", {"rate": 0.0}, "method.rate"),
     ("nst", {"degree": 0}, "method.degree"),
     ("fitnet", {"student_features": "layer1"}, "method.student_features"),
+    ("ab", {"connector": "sometimes"}, "method.connector.*valid: auto.*always"),
+    ("ab", {"init_trains": "all"}, "method.init_trains.*valid: feature_layers.*student"),
+    ("ft", {"form": "torchdistill"}, "method.form.*valid: repdistiller.*paper"),
+    ("ft", {"reconstruction": "l1"}, "method.reconstruction.*valid: auto.*mse.*relative"),
+    ("at", {"form": "abs"}, "method.form.*valid: repdistiller.*paper"),
 ])
 def test_impossible_values_are_refused(name, over, match):
     with pytest.raises(UserError, match=match):
