@@ -23,7 +23,7 @@ METHODS=ce,kd,fitnet,at,sp,cc,vid,rkd,pkt,ab,ft,fsp,nst,crd,dkd
 SAME=wrn40_2-wrn16_2,wrn40_2-wrn40_1,resnet56-resnet20,resnet110-resnet20,resnet110-resnet32,resnet32x4-resnet8x4,vgg13-vgg8
 CROSS=vgg13-mobilenetv2,resnet50-mobilenetv2,resnet50-vgg8,resnet32x4-shufflenetv1,resnet32x4-shufflenetv2,wrn40_2-shufflenetv1
 if [ "$SMOKE" = 1 ]; then
-    read -r -a DATA <<< "$(smoke_data 3 8 100)"
+    read -r -a DATA <<< "$(smoke_data 3 8 100) schedule.init.epochs=1"  # ab, ft, fsp: their init stage too
     sweep "$OUT/methods" experiment=crd_cifar100 "method=${METHODS%,crd,dkd},dkd" pair=resnet56-resnet20 "${DATA[@]}"
     sweep "$OUT/crd" experiment=crd_cifar100 method=crd method.nce_k=8 pair=resnet56-resnet20 "${DATA[@]}"
 else

@@ -1,6 +1,7 @@
 """Feature methods (fitnet, at, fsp, ab, nst, ft): each loss against its paper's formula written out by
 hand here (loops over plain numbers), their known properties, gradients, init stages and bad values."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,13 +12,15 @@ from kdrun.data.base import DataInfo
 from kdrun.errors import UserError
 from kdrun.methods import build_method
 from kdrun.methods.ab import ab_margin_loss
-from kdrun.methods.at import at_loss
+from kdrun.methods.at import at_loss, attention_map
 from kdrun.methods.fsp import fsp_loss
 from kdrun.methods.ft import ft_loss
 from kdrun.methods.kd import kd_loss
 from kdrun.methods.nst import nst_loss
 from kdrun.models.features import parameters_up_to
 from kdrun.models.mlp import MLP
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 INFO = DataInfo(channels=1, image_size=(8, 8), num_classes=3, train_size=16)
 
@@ -43,11 +46,11 @@ class TinyConv(nn.Module):
 
 DEFAULTS = {
     "fitnet": {"beta": 100.0},
-    "at": {"beta": 1000.0, "p": 2.0},
+    "at": {"beta": 1000.0, "p": 2.0, "form": "repdistiller"},
     "nst": {"beta": 50.0, "degree": 2, "c": 0.0},
     "fsp": {"beta": 1.0},
-    "ab": {"beta": 1.0, "margin": 1.0},
-    "ft": {"beta": 200.0, "rate": 0.5},
+    "ab": {"beta": 1.0, "margin": 1.0, "connector": "auto", "init_trains": "feature_layers"},
+    "ft": {"beta": 200.0, "rate": 0.5, "form": "repdistiller", "reconstruction": "auto"},
 }
 
 
@@ -68,18 +71,20 @@ def values(t):
 
 # ---- each loss against its formula, on small hand-made tensors -------------------------------------
 
-def hand_attention(fmap, p):
-    """One sample's map: mean over channels of |a|^p at each position, L2-normalised."""
+def hand_attention(fmap, p, form="repdistiller"):
+    """One sample's map: mean over channels of a^p (RepDistiller) or |a|^p (the paper) at each position,
+    L2-normalised."""
     c, h, w = len(fmap), len(fmap[0]), len(fmap[0][0])
-    q = [sum(abs(fmap[k][i][j]) ** p for k in range(c)) / c for i in range(h) for j in range(w)]
+    power = (lambda a: a ** p) if form == "repdistiller" else (lambda a: abs(a) ** p)
+    q = [sum(power(fmap[k][i][j]) for k in range(c)) / c for i in range(h) for j in range(w)]
     norm = math.sqrt(sum(v * v for v in q))
     return [v / norm for v in q]
 
 
-def hand_at(fs, ft, p=2.0):
+def hand_at(fs, ft, p=2.0, form="repdistiller"):
     diffs = []
     for a, b in zip(values(fs), values(ft)):
-        diffs += [(x - y) ** 2 for x, y in zip(hand_attention(a, p), hand_attention(b, p))]
+        diffs += [(x - y) ** 2 for x, y in zip(hand_attention(a, p, form), hand_attention(b, p, form))]
     return sum(diffs) / len(diffs)
 
 
@@ -90,8 +95,22 @@ FT = torch.tensor([[[[0.5, 1.0], [-1.0, 0.2]], [[1.0, 1.0], [0.0, -0.3]], [[0.1,
 
 
 @pytest.mark.parametrize("p", [2.0, 1.0, 3.0])
-def test_at_loss_is_the_mean_squared_difference_of_normalised_attention_maps(p):
-    assert at_loss(FS, FT, p).item() == pytest.approx(hand_at(FS, FT, p), rel=1e-5)
+@pytest.mark.parametrize("form", ["repdistiller", "paper"])
+def test_at_loss_is_the_mean_squared_difference_of_normalised_attention_maps(p, form):
+    assert at_loss(FS, FT, p, form).item() == pytest.approx(hand_at(FS, FT, p, form), rel=1e-5)
+
+
+def test_at_forms_differ_for_odd_p_only_and_the_preset_uses_repdistillers():
+    assert at_loss(FS, FT, 2.0, "paper").item() == pytest.approx(at_loss(FS, FT, 2.0, "repdistiller").item(), rel=1e-6)
+    assert at_loss(FS, FT, 3.0, "paper").item() != pytest.approx(at_loss(FS, FT, 3.0, "repdistiller").item(), rel=1e-3)
+    # RepDistiller's distiller_zoo/AT.py: at(f) = normalize(f.pow(p).mean(1).view(N, -1)), no abs.
+    q = FS.pow(3).mean(1).flatten(1)
+    q = q / q.norm(dim=1, keepdim=True)
+    assert torch.allclose(attention_map(FS, 3.0), q, atol=1e-6)
+    assert OmegaConf.load(CONF / "method" / "at.yaml").form == "repdistiller"
+    with pytest.raises(UserError, match="method.form=paper"):
+        build_method(config("at", p=1.5), *pair(), INFO)
+    build_method(config("at", p=1.5, form="paper"), *pair(), INFO)  # |A|^p is defined for any p
 
 
 def test_at_loss_pools_the_larger_map_and_is_scale_invariant_and_zero_on_equal_maps():
@@ -181,20 +200,39 @@ def test_ab_margin_loss_against_the_paper():
     assert ab_margin_loss(torch.where(t > 0, 1.5, -1.5), t, 1.0).item() == 0.0
 
 
-def test_ft_loss_is_the_l1_distance_of_normalised_factors():
+def unit(v):
+    norm = math.sqrt(sum(x * x for x in v))
+    return [x / norm for x in v]
+
+
+def test_ft_loss_paper_form_is_the_l1_distance_of_normalised_factors():
     def normalised(x):
-        out = []
-        for sample in values(x):
-            flat = [v for ch in sample for row in ch for v in row]
-            norm = math.sqrt(sum(v * v for v in flat))
-            out.append([v / norm for v in flat])
-        return out
+        return [unit([v for ch in sample for row in ch for v in row]) for sample in values(x)]
 
     a, b = FT, FT.flip(1) + 0.3
     diffs = [abs(x - y) for ra, rb in zip(normalised(a), normalised(b)) for x, y in zip(ra, rb)]
+    assert ft_loss(a, b, "paper").item() == pytest.approx(sum(diffs) / len(diffs), rel=1e-5)
+    assert ft_loss(a, a, "paper").item() == pytest.approx(0.0, abs=1e-7)
+    assert ft_loss(5 * a, b, "paper").item() == pytest.approx(ft_loss(a, b, "paper").item(), rel=1e-5)
+
+
+def test_ft_loss_repdistiller_form_compares_normalised_maps_of_the_mean_squared_channels():
+    """RepDistiller's distiller_zoo/FT.py: factor(f) = normalize(f.pow(2).mean(1).view(N, -1)), then
+    the mean absolute difference of the two (p1 = 2, p2 = 1)."""
+    def spatial(x):
+        out = []
+        for sample in values(x):
+            c, h, w = len(sample), len(sample[0]), len(sample[0][0])
+            out.append(unit([sum(sample[k][i][j] ** 2 for k in range(c)) / c for i in range(h) for j in range(w)]))
+        return out
+
+    a, b = FT, FS + 0.3  # 3 and 2 factor channels: the maps average the channels out
+    diffs = [abs(x - y) for ra, rb in zip(spatial(a), spatial(b)) for x, y in zip(ra, rb)]
     assert ft_loss(a, b).item() == pytest.approx(sum(diffs) / len(diffs), rel=1e-5)
-    assert ft_loss(a, a).item() == pytest.approx(0.0, abs=1e-7)
-    assert ft_loss(5 * a, b).item() == pytest.approx(ft_loss(a, b).item(), rel=1e-5)
+    assert ft_loss(a, b, "repdistiller").item() == ft_loss(a, b).item()
+    c = FT.flip(1) + 0.3
+    assert ft_loss(a, c).item() != pytest.approx(ft_loss(a, c, "paper").item(), rel=1e-2)
+    assert ft_loss(3 * a, b).item() == pytest.approx(ft_loss(a, b).item(), rel=1e-5)
 
 
 # ---- the methods on models: their terms, gradients, own parameters -----------------------------------
@@ -267,11 +305,19 @@ def test_ft_term_on_the_last_stage_through_translator_and_paraphraser():
     factor_t, rec = method.paraphraser(f_t)
     assert factor_t.shape[1] == 4  # rate 0.5 of the teacher's 8 channels
     assert losses["ft"].item() == pytest.approx(200.0 * ft_loss(method.translator(f_s), factor_t).item(), rel=1e-5)
-    relative = ((rec - f_t) ** 2).mean() / (f_t ** 2).mean()
+    mse = ((rec - f_t) ** 2).mean()
+    relative = mse / (f_t ** 2).mean()  # reconstruction auto: relative on schedule=single ...
     assert losses["ft_paraphraser"].item() == pytest.approx(relative.item(), rel=1e-5)
     method.phase = "init"
     _, init = method.forward_train(x, torch.zeros(4, dtype=torch.long))
-    assert init["ft_paraphraser"].item() == pytest.approx(relative.item(), rel=1e-5)
+    assert init["ft_paraphraser"].item() == pytest.approx(mse.item(), rel=1e-5)  # ... RepDistiller's MSE in the init stage
+    for kind, expected in (("mse", mse), ("relative", relative)):
+        fixed = build_method(config("ft", reconstruction=kind), student, teacher, INFO).eval()
+        fixed.paraphraser.load_state_dict(method.paraphraser.state_dict())
+        for phase in ("main", "init"):
+            fixed.phase = phase
+            _, terms = fixed.forward_train(x, torch.zeros(4, dtype=torch.long))
+            assert terms["ft_paraphraser"].item() == pytest.approx(expected.item(), rel=1e-5), (kind, phase)
 
 
 OWN_PARTS = {"fitnet": "regressors", "ab": "connectors", "ft": "translator", "at": None, "nst": None, "fsp": None}
@@ -371,6 +417,11 @@ def test_init_stage_terms_parameters_and_the_main_stage_after_it(name, init_term
     ("ft", {"rate": 0.0}, "method.rate"),
     ("nst", {"degree": 0}, "method.degree"),
     ("fitnet", {"student_features": "layer1"}, "method.student_features"),
+    ("ab", {"connector": "sometimes"}, "method.connector.*valid: auto.*always"),
+    ("ab", {"init_trains": "all"}, "method.init_trains.*valid: feature_layers.*student"),
+    ("ft", {"form": "torchdistill"}, "method.form.*valid: repdistiller.*paper"),
+    ("ft", {"reconstruction": "l1"}, "method.reconstruction.*valid: auto.*mse.*relative"),
+    ("at", {"form": "abs"}, "method.form.*valid: repdistiller.*paper"),
 ])
 def test_impossible_values_are_refused(name, over, match):
     with pytest.raises(UserError, match=match):

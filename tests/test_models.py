@@ -77,7 +77,11 @@ def test_parameter_count_matches_the_wrn_paper(name, published):
 
 def check_features(model, feats, batch):
     points = model.feature_points()
-    assert set(points) == {"stages", "preact", "embedding"}
+    assert {"stages", "preact", "embedding"} <= set(points) <= {"stages", "preact", "embedding", "stem", "feature_layers"}
+    modules = dict(model.named_modules())
+    assert all(path in modules for path in points.get("feature_layers", [])), points["feature_layers"]
+    if "stem" in points:  # the first stage's input (RepDistiller's f0): one map, before the stages
+        assert len(points["stem"]) == 1 and feats[points["stem"][0]].dim() == 4
     stages, preact, embedding = points["stages"], points["preact"], points["embedding"]
     assert len(stages) == len(preact) >= 2 and len(embedding) == 1
     shapes = [tuple(feats[p].shape) for p in stages]
@@ -98,7 +102,7 @@ def test_every_model_builds_runs_and_reports_features_on_every_dataset_shape(nam
         num_classes, channels, size = DIGITS if shape == "digits" else SHAPES[shape]
         model = build(name, shape, device)
         points = model.feature_points()
-        hooks = FeatureHooks(model, [p for key in ("stages", "preact", "embedding") for p in points[key]])
+        hooks = FeatureHooks(model, [p for key in ("stages", "preact", "embedding", "stem") for p in points.get(key, [])])
         x = torch.randn(2, channels, *size, device=device)
         logits = model(x)
         assert logits.shape == (2, num_classes)
@@ -144,7 +148,7 @@ def test_default_feature_shapes_of_resnet8_on_cifar():
     model = build("resnet8", "cifar100")
     shapes = default_feature_shapes(model, torch.zeros(2, 3, 32, 32))
     stages = [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
-    assert shapes == {"stages": stages, "preact": stages, "embedding": [(64,)]}
+    assert shapes == {"stages": stages, "preact": stages, "embedding": [(64,)], "stem": [(16, 32, 32)]}
     assert model.feature_points()["preact"][0] == "layer1.0.relu_out:in"
 
 

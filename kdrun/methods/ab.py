@@ -1,12 +1,21 @@
 """`ab`: activation boundaries, Heo et al. 2019 ("Knowledge Transfer via Distillation of Activation
 Boundaries Formed by Hidden Neurons", AAAI).
 
-The student's pre-activations, through a connector (1x1 conv + BN; linear + BN for vectors), learn
-the teacher's activation pattern (which neurons fire) with the paper's margin loss:
+The student's pre-activations, through a connector, learn the teacher's activation pattern (which
+neurons fire) with the paper's margin loss:
 sum over neurons of (s + m)^2 [s > -m and t <= 0] + (s - m)^2 [s <= m and t > 0],
 per sample, scaled by 3/1000 (the authors' code), stage i of n weighted 2^(i - n + 1) (the deepest 1).
-The paper trains the student (up to its last pre-activation read) and the connectors on this loss first (the init stage), then the task alone;
-on `schedule=single` the term is added to CE, weighted by beta.
+
+Connectors (`connector`): `auto` (RepDistiller's `Connector` in models/util.py, and the authors' code)
+is no layer where the student's and teacher's maps have the same shape, else a conv + BN
+(RepDistiller's ConvReg without ReLU; linear + BN for vectors); `always` puts the conv + BN on every
+stage (torchdistill's Connector4DAB).
+
+The init stage trains the connectors and (`init_trains`) the student's `feature_layers` up to the last
+pre-activation read, the rest of the student in eval mode (RepDistiller's `get_feat_modules()` and
+helper/pretrain.py: for a WRN, conv1 and the blocks, not the final bn1 whose output is the third
+target), or the whole `student` in train mode (the authors' cifar10_AB_distillation.py). Then the
+task alone; on `schedule=single` the term is added to CE, weighted by beta.
 """
 import torch
 import torch.nn as nn
@@ -15,12 +24,21 @@ from kdrun.errors import require
 from kdrun.methods import METHODS
 from kdrun.methods.feature import FeatureDistiller, InitStage, regressor
 
+CONNECTORS = ("auto", "always")
+INIT_TRAINS = ("feature_layers", "student")
+
 
 def ab_margin_loss(s: torch.Tensor, t: torch.Tensor, margin: float) -> torch.Tensor:
     """Sum over neurons of the margin loss, averaged over the batch (before the 3/1000 scaling)."""
     off = (s + margin).pow(2) * ((s > -margin) & (t <= 0))
     on = (s - margin).pow(2) * ((s <= margin) & (t > 0))
     return (off + on).sum() / s.shape[0]
+
+
+def connector(s_shape: tuple, t_shape: tuple, kind: str) -> nn.Module:
+    if kind == "auto" and tuple(s_shape) == tuple(t_shape):
+        return nn.Identity()
+    return regressor(s_shape, t_shape, relu=False)
 
 
 @METHODS.register("ab")
@@ -31,6 +49,12 @@ class ActivationBoundaries(InitStage, FeatureDistiller):
     @classmethod
     def validate(cls, cfg):
         require(float(cfg.margin) > 0, f"method.margin (of the activation-boundary loss) must be positive, got {cfg.margin}.")
+        require(cfg.connector in CONNECTORS,
+                f"method.connector is {cfg.connector!r}; valid: auto (no layer where the maps' shapes match, "
+                f"RepDistiller's and the authors'), always (a conv + BN on every stage, torchdistill's).")
+        require(cfg.init_trains in INIT_TRAINS,
+                f"method.init_trains is {cfg.init_trains!r}; valid: feature_layers (RepDistiller's init stage), "
+                f"student (the whole student, the AB authors' code).")
         super().validate(cfg)
 
     def __init__(self, student, teacher, cfg, info):
@@ -39,7 +63,7 @@ class ActivationBoundaries(InitStage, FeatureDistiller):
         self.s_paths, self.t_paths = self.layer_paths()
         s_shapes = self.shapes(student, self.s_paths, "student")
         t_shapes = self.shapes(teacher, self.t_paths, "teacher")
-        self.connectors = nn.ModuleList(regressor(s, t, relu=False) for s, t in zip(s_shapes, t_shapes))
+        self.connectors = nn.ModuleList(connector(s, t, str(cfg.connector)) for s, t in zip(s_shapes, t_shapes))
         n = len(self.s_paths)
         self.stage_weights = [2.0 ** (i - n + 1) for i in range(n)]
         self.watch(self.s_paths, self.t_paths)
@@ -49,4 +73,6 @@ class ActivationBoundaries(InitStage, FeatureDistiller):
                    for w, conn, s, t in zip(self.stage_weights, self.connectors, self.s_paths, self.t_paths))
 
     def init_parameters(self):
-        return self.student_parameters_up_to(self.s_paths, self.connectors)  # RepDistiller: the feature layers
+        if self.cfg.init_trains == "student":
+            return list(self.student.parameters()) + list(self.connectors.parameters())
+        return self.student_parameters_up_to(self.s_paths, self.connectors, feature_layers_only=True)

@@ -1,9 +1,11 @@
 """`at`: attention transfer, Zagoruyko & Komodakis 2017 ("Paying More Attention to Attention").
 
 At each paired stage, the attention map of a feature map A (N x C x H x W) is
-q = normalize_L2(flatten(mean_c |A|^p)), and the term is mean((q_s - q_t)^2), summed over the stages
-(RepDistiller's form of the paper's ||q_s - q_t||; p = 2, beta = 1000). Maps of different sizes are
-average-pooled to the smaller one. Channel counts may differ: the map averages them out.
+q = normalize_L2(flatten(mean_c A^p)) (`form: repdistiller`, distiller_zoo/AT.py, and the authors'
+code, written for p = 2) or normalize_L2(flatten(mean_c |A|^p)) (`form: paper`, the paper's F^p_sum);
+the two agree for even p. The term is mean((q_s - q_t)^2), summed over the stages (RepDistiller's form
+of the paper's ||q_s - q_t||; p = 2, beta = 1000). Maps of different sizes are average-pooled to the
+smaller one. Channel counts may differ: the map averages them out.
 """
 import torch
 import torch.nn.functional as F
@@ -12,31 +14,40 @@ from kdrun.errors import require
 from kdrun.methods import METHODS
 from kdrun.methods.feature import FeatureDistiller, match_spatial
 
-
-def attention_map(f: torch.Tensor, p: float) -> torch.Tensor:
-    return F.normalize(f.abs().pow(p).mean(1).flatten(1), dim=1)
+FORMS = ("repdistiller", "paper")
 
 
-def at_loss(f_s: torch.Tensor, f_t: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+def attention_map(f: torch.Tensor, p: float, form: str = "repdistiller") -> torch.Tensor:
+    powered = f.pow(p) if form == "repdistiller" else f.abs().pow(p)
+    return F.normalize(powered.mean(1).flatten(1), dim=1)
+
+
+def at_loss(f_s: torch.Tensor, f_t: torch.Tensor, p: float = 2.0, form: str = "repdistiller") -> torch.Tensor:
     f_s, f_t = match_spatial(f_s, f_t)
-    return (attention_map(f_s, p) - attention_map(f_t, p)).pow(2).mean()
+    return (attention_map(f_s, p, form) - attention_map(f_t, p, form)).pow(2).mean()
 
 
 @METHODS.register("at")
 class AttentionTransfer(FeatureDistiller):
     @classmethod
     def validate(cls, cfg):
-        require(float(cfg.p) > 0, f"method.p (the power of |A| in the attention map) must be positive, got {cfg.p}.")
+        require(float(cfg.p) > 0, f"method.p (the power of A in the attention map) must be positive, got {cfg.p}.")
+        require(cfg.form in FORMS, f"method.form is {cfg.form!r}; valid: repdistiller (mean_c A^p, RepDistiller's), "
+                                   f"paper (mean_c |A|^p).")
+        require(cfg.form == "paper" or float(cfg.p).is_integer(),
+                f"method.p={cfg.p} with method.form=repdistiller raises A itself to the power p, which is undefined "
+                f"for negative activations when p is not a whole number: use a whole p, or method.form=paper "
+                f"(|A|^p, the same maps where A >= 0).")
         super().validate(cfg)
 
     def __init__(self, student, teacher, cfg, info):
         super().__init__(student, teacher, cfg, info)
-        self.p = float(cfg.p)
+        self.p, self.form = float(cfg.p), str(cfg.form)
         self.s_paths, self.t_paths = self.layer_paths()
         self.require_maps(self.shapes(student, self.s_paths, "student"), self.s_paths, "student")
         self.require_maps(self.shapes(teacher, self.t_paths, "teacher"), self.t_paths, "teacher")
         self.watch(self.s_paths, self.t_paths)
 
     def losses(self, s_logits, t_logits, s_feats, t_feats, **_):
-        term = sum(at_loss(s_feats[s], t_feats[t], self.p) for s, t in zip(self.s_paths, self.t_paths))
+        term = sum(at_loss(s_feats[s], t_feats[t], self.p, self.form) for s, t in zip(self.s_paths, self.t_paths))
         return {"at": self.beta * term, **self.kd_term(s_logits, t_logits)}

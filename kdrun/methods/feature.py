@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from kdrun.errors import UserError, require
 from kdrun.methods.weighted import WeightedDistiller
-from kdrun.models.features import feature_shapes, parameters_up_to
+from kdrun.models.features import feature_layers, feature_shapes, parameters_up_to
 
 
 class FeatureDistiller(WeightedDistiller):
@@ -28,17 +28,19 @@ class FeatureDistiller(WeightedDistiller):
                     f"got {paths!r}.")
         super().validate(cfg)
 
-    def layer_paths(self, point: str | None = None, select=None) -> tuple[list[str], list[str]]:
+    def layer_paths(self, point: str | None = None, select=None, defaults=None) -> tuple[list[str], list[str]]:
         """(student paths, teacher paths), paired one to one.
 
-        Given lists are used as they are; a default list is cut to the deepest entries that pair with
-        the other side, and `select(paths, model)` (e.g. FitNet's "the second stage") picks from default lists.
+        Given lists are used as they are; a default list (`defaults(model, role)`, else the models'
+        `point` list) is cut to the deepest entries that pair with the other side, and
+        `select(paths, model)` (e.g. FitNet's "the second stage") picks from default lists.
         """
         point = point or self.point
+        defaults = defaults or (lambda model, role: default_points(model, point, role))
         models = {"student": self.student, "teacher": self.teacher}
         given = {role: self.cfg.get(f"{role}_features") for role in models}
         paths = {role: [str(p) for p in given[role]] if given[role] is not None
-                 else default_points(model, point, role) for role, model in models.items()}
+                 else defaults(model, role) for role, model in models.items()}
         if given["student"] is None and given["teacher"] is None:
             n = min(len(paths["student"]), len(paths["teacher"]))
             for role, p in paths.items():
@@ -61,12 +63,21 @@ class FeatureDistiller(WeightedDistiller):
         found = feature_shapes(model, paths, self.sample_input(), role)
         return [found[p] for p in paths]
 
-    def student_parameters_up_to(self, paths: list[str], *extra: nn.Module) -> list[nn.Parameter]:
-        """The student's parameters that shape the features at `paths` (an init stage's), plus `extra`'s."""
+    def student_parameters_up_to(self, paths: list[str], *extra: nn.Module,
+                                 feature_layers_only: bool = False) -> list[nn.Parameter]:
+        """The student's parameters that shape the features at `paths` (an init stage's), plus `extra`'s.
+
+        `feature_layers_only`: of those, only the ones in the student's `feature_layers` (RepDistiller's
+        `get_feat_modules()`, e.g. a WRN's conv1 and blocks without its final bn1) when it declares them.
+        """
         params = {}
         for path in paths:
             for p in parameters_up_to(self.student, path, self.sample_input(), "student"):
                 params[id(p)] = p
+        layers = feature_layers(self.student, "student") if feature_layers_only else None
+        if layers is not None:
+            inside = {id(p) for m in layers for p in m.parameters()}
+            params = {k: p for k, p in params.items() if k in inside}
         for module in extra:
             for p in module.parameters():
                 params[id(p)] = p

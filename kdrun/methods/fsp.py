@@ -4,17 +4,21 @@ For two feature maps A (N x C1 x H x W) and B (N x C2 x H' x W') that enclose a 
 is G = B A^T / (h w) (C2 x C1, per sample), the larger map average-pooled to the smaller size first.
 The term is mean((G_s - G_t)^2), summed over the pairs (RepDistiller). G_s and G_t must have the same
 shape, so FSP needs student and teacher stages of equal widths (RepDistiller reports no FSP result
-otherwise). Pairs are consecutive paths of the list: by default the first stage's input (when the
-stage is a block of layers: `PATH:in`), then every stage's output, so each stage gives one matrix.
-The paper trains the student on the FSP loss first (the init stage), then on the task alone.
+otherwise). Pairs are consecutive paths of the list: by default the model's `stem` (the stem's
+output, RepDistiller's f0), then every stage's output, so each stage gives one matrix: RepDistiller's
+`feat[:-1]` (for VGG 4 matrices from relu0, for MobileNetV2 the first from conv1's 16 channels). A
+model that declares no `stem` starts at its first stage's input when that stage is a block of layers
+(`PATH:in`), else at its first stage.
+The paper trains the student on the FSP loss first (the init stage: the student's `feature_layers` up
+to the last map, the rest in eval mode, as RepDistiller), then on the task alone.
 """
 import torch
 import torch.nn as nn
 
 from kdrun.errors import require
 from kdrun.methods import METHODS
-from kdrun.methods.feature import FeatureDistiller, InitStage, match_spatial
-from kdrun.models.features import resolve
+from kdrun.methods.feature import FeatureDistiller, InitStage, default_points, match_spatial
+from kdrun.models.features import feature_points, resolve
 
 
 def fsp_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -26,10 +30,14 @@ def fsp_loss(s_in, s_out, t_in, t_out) -> torch.Tensor:
     return (fsp_matrix(s_in, s_out) - fsp_matrix(t_in, t_out)).pow(2).mean()
 
 
-def with_first_input(stages: list[str], model: nn.Module) -> list[str]:
-    """Default maps: the first stage's input when that stage is a block of layers (a module with
-    children: its input is the stem's output), then the stage outputs."""
-    first, port = resolve(model, stages[0])
+def default_maps(model: nn.Module, role: str) -> list[str]:
+    """The model's `stem`, then its stages; without a declared stem, the first stage's input when that
+    stage is a block of layers (a module with children: its input is the stem's output)."""
+    stages = default_points(model, "stages", role)
+    stem = feature_points(model, role).get("stem")
+    if stem:
+        return list(stem) + stages
+    first, port = resolve(model, stages[0], role)
     block = not port and any(True for _ in first.children())
     return ([f"{stages[0]}:in"] if block else []) + stages
 
@@ -40,7 +48,7 @@ class FSP(InitStage, FeatureDistiller):
 
     def __init__(self, student, teacher, cfg, info):
         super().__init__(student, teacher, cfg, info)
-        s_paths, t_paths = self.layer_paths(select=with_first_input)
+        s_paths, t_paths = self.layer_paths(defaults=default_maps)
         s_shapes = self.shapes(student, s_paths, "student")
         t_shapes = self.shapes(teacher, t_paths, "teacher")
         self.require_maps(s_shapes, s_paths, "student")
@@ -63,4 +71,4 @@ class FSP(InitStage, FeatureDistiller):
                    for (si, so), (ti, to) in zip(self.s_pairs, self.t_pairs))
 
     def init_parameters(self):
-        return self.student_parameters_up_to([out for _, out in self.s_pairs])  # the feature layers (RepDistiller)
+        return self.student_parameters_up_to([out for _, out in self.s_pairs], feature_layers_only=True)

@@ -2,15 +2,20 @@
 Factor Transfer", NeurIPS).
 
 A paraphraser (teacher side: a conv autoencoder whose code has rate k of the teacher's channels) is
-trained to reconstruct the teacher's last feature map (MSE); its code is the teacher factor F_t.
-A translator (student side: three conv + BN + LeakyReLU layers) maps the student's last feature map to
-a student factor F_s. The term is the L1 distance between the L2-normalised, flattened factors,
-averaged over elements (torchdistill's form of the paper's ||F_t/|F_t| - F_s/|F_s| ||_1); beta = 200.
+trained to reconstruct the teacher's last feature map; its code is the teacher factor F_t. A
+translator (student side: three conv + BN + LeakyReLU layers) maps the student's last feature map to
+a student factor F_s (both RepDistiller's Paraphraser and Translator, models/util.py). The term, beta
+200 (RepDistiller's), compares the factors (`form`):
+- `repdistiller` (distiller_zoo/FT.py, whose CRD-table numbers beta 200 was tuned for): each factor
+  becomes q(F) = normalize(flatten(mean_c F^2)), a map of positions; the term is mean |q_s - q_t|;
+- `paper`: the L1 distance between the L2-normalised, flattened factors, averaged over elements
+  (torchdistill's form of the paper's ||F_t/|F_t| - F_s/|F_s| ||_1; about 3x smaller at the same beta).
 
-The paraphraser must be trained before it can teach; its reconstruction term (`ft_paraphraser`) is
-the MSE divided by the feature's mean square (see `reconstruction_loss`). With an init stage (the
-paper, RepDistiller) it is trained first and then frozen. On `schedule=single` it is trained in the
-same stage on that term (weight 1; it sees only teacher features), while the translator and student
+The paraphraser must be trained before it can teach; its reconstruction term (`ft_paraphraser`,
+`reconstruction`) is the plain MSE (`mse`, RepDistiller's nn.MSELoss) or the MSE divided by the
+feature's mean square (`relative`, see `reconstruction_loss`); `auto` takes `mse` in the init stage
+(the paper, RepDistiller: trained first, then frozen) and `relative` on `schedule=single`, where it is
+trained in the same stage (weight 1; it sees only teacher features) while the translator and student
 follow its current factor (detached).
 """
 import torch
@@ -20,6 +25,9 @@ import torch.nn.functional as F
 from kdrun.errors import require
 from kdrun.methods import METHODS
 from kdrun.methods.feature import FeatureDistiller, InitStage, match_spatial
+
+FORMS = ("repdistiller", "paper")
+RECONSTRUCTIONS = ("auto", "mse", "relative")
 
 
 def conv_stack(channels: list[int], transposed: bool = False, bn: bool = False) -> nn.Sequential:
@@ -41,16 +49,24 @@ class Paraphraser(nn.Module):
         return factor, self.decoder(factor)
 
 
-def reconstruction_loss(reconstruction: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
-    """MSE relative to the feature's mean square. The paraphraser is (nearly) positively homogeneous, so
-    this is the MSE of the feature scaled to unit size: the same minimiser, and gradients that do not grow
-    with the square of the teacher's feature magnitudes (the plain MSE diverges at the student's usual
-    learning rates on features of a trained WRN)."""
-    return F.mse_loss(reconstruction, f_t) / f_t.pow(2).mean().clamp_min(1e-12)
+def reconstruction_loss(reconstruction: torch.Tensor, f_t: torch.Tensor, kind: str = "relative") -> torch.Tensor:
+    """`mse`: the plain MSE (RepDistiller). `relative`: the MSE relative to the feature's mean square. The
+    paraphraser is (nearly) positively homogeneous, so this is the MSE of the feature scaled to unit size:
+    the same minimiser, and gradients that do not grow with the square of the teacher's feature magnitudes
+    (the plain MSE diverges at lr 0.05 on features of a trained WRN; RepDistiller trains it at 0.01)."""
+    mse = F.mse_loss(reconstruction, f_t)
+    return mse if kind == "mse" else mse / f_t.pow(2).mean().clamp_min(1e-12)
 
 
-def ft_loss(factor_s: torch.Tensor, factor_t: torch.Tensor) -> torch.Tensor:
+def spatial_factor(f: torch.Tensor) -> torch.Tensor:
+    """RepDistiller's FactorTransfer.factor: the L2-normalised map of mean_c F^2 over positions."""
+    return F.normalize(f.pow(2).mean(1).flatten(1), dim=1)
+
+
+def ft_loss(factor_s: torch.Tensor, factor_t: torch.Tensor, form: str = "repdistiller") -> torch.Tensor:
     factor_s, factor_t = match_spatial(factor_s, factor_t)
+    if form == "repdistiller":
+        return (spatial_factor(factor_s) - spatial_factor(factor_t)).abs().mean()
     return F.l1_loss(F.normalize(factor_s.flatten(1), dim=1), F.normalize(factor_t.flatten(1), dim=1))
 
 
@@ -60,10 +76,16 @@ class FactorTransfer(InitStage, FeatureDistiller):
     def validate(cls, cfg):
         require(0 < float(cfg.rate) <= 1,
                 f"method.rate (factor channels / teacher channels, the paper's k) must lie in (0, 1], got {cfg.rate}.")
+        require(cfg.form in FORMS, f"method.form is {cfg.form!r}; valid: repdistiller (L1 of the normalised "
+                                   f"mean_c F^2 maps, RepDistiller's), paper (L1 of the normalised factors).")
+        require(cfg.reconstruction in RECONSTRUCTIONS,
+                f"method.reconstruction is {cfg.reconstruction!r}; valid: auto (mse in the init stage, relative "
+                f"on schedule=single), mse (RepDistiller's), relative (the MSE over the feature's mean square).")
         super().validate(cfg)
 
     def __init__(self, student, teacher, cfg, info):
         super().__init__(student, teacher, cfg, info)
+        self.form = str(cfg.form)
         self.s_paths, self.t_paths = self.layer_paths(select=lambda paths, model: paths[-1:])
         require(len(self.s_paths) == 1,
                 f"ft transfers one feature map: give one path in method.student_features and method.teacher_features, "
@@ -78,6 +100,10 @@ class FactorTransfer(InitStage, FeatureDistiller):
         self.translator = conv_stack([s_c, s_c, k_c, k_c], bn=True)
         self.watch(self.s_paths, self.t_paths)
 
+    def reconstruction(self, stage: str) -> str:
+        kind = str(self.cfg.reconstruction)
+        return kind if kind != "auto" else ("mse" if stage == "init" else "relative")
+
     def losses(self, s_logits, t_logits, s_feats, t_feats, **_):
         f_s, f_t = s_feats[self.s_paths[0]], t_feats[self.t_paths[0]]
         terms = self.kd_term(s_logits, t_logits)
@@ -86,16 +112,16 @@ class FactorTransfer(InitStage, FeatureDistiller):
                 factor_t = self.paraphraser.encoder(f_t)
         else:
             factor, reconstruction = self.paraphraser(f_t)
-            terms["ft_paraphraser"] = reconstruction_loss(reconstruction, f_t)
+            terms["ft_paraphraser"] = reconstruction_loss(reconstruction, f_t, self.reconstruction("single"))
             factor_t = factor.detach()
-        terms["ft"] = self.beta * ft_loss(self.translator(f_s), factor_t)
+        terms["ft"] = self.beta * ft_loss(self.translator(f_s), factor_t, self.form)
         return terms
 
     def init_losses(self, t_feats, **_):
         self.mark_init_stage()
         f_t = t_feats[self.t_paths[0]]
         _, reconstruction = self.paraphraser(f_t)
-        return {"ft_paraphraser": reconstruction_loss(reconstruction, f_t)}
+        return {"ft_paraphraser": reconstruction_loss(reconstruction, f_t, self.reconstruction("init"))}
 
     def init_parameters(self):
         return list(self.paraphraser.parameters())

@@ -18,6 +18,9 @@ rewritten. Every model declares its default points with `feature_points()`:
   itself; for the pre-activation WRNs it is the input of the ReLU that next consumes the stage
   (`block2.layer.0.relu1:in`, ..., `relu:in`), RepDistiller's `preact=True` features.
 - `embedding`: the classifier's input (`fc:in`): CRD, RKD, PKT, CC, SP-style methods.
+- `stem` (optional): the stem's output, the first stage's input (RepDistiller's f0): FSP's first map.
+- `feature_layers` (optional): module paths of the layers that compute the features, the head left out
+  (RepDistiller's `get_feat_modules()`): what AB's and FSP's initialisation stages train.
 
 ReLUs are never in-place: a hook on a module's input would otherwise see the activated tensor.
 """

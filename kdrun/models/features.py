@@ -68,11 +68,12 @@ def feature_shapes(model: nn.Module, paths: list[str], sample: torch.Tensor, rol
 
 
 ROLES = ("stages", "preact", "embedding")
+OPTIONAL = ("stem", "feature_layers")  # declared by the zoo's convolutional models (see kdrun.models)
 
 
 def feature_points(model: nn.Module, role: str = "model") -> dict[str, list[str]]:
-    """The model's default feature points; a model without `feature_points()` gets a message saying
-    how to name paths instead."""
+    """The model's default feature points (ROLES, plus the OPTIONAL keys it declares); a model without
+    `feature_points()` gets a message saying how to name paths instead."""
     declare = getattr(model, "feature_points", None)
     if declare is None:
         paths = [n for n, _ in model.named_modules() if n]
@@ -82,14 +83,25 @@ def feature_points(model: nn.Module, role: str = "model") -> dict[str, list[str]
             f"the module paths in the method config. Valid module paths: {', '.join(paths)}."
         )
     points = declare()
-    return {key: list(points.get(key, [])) for key in ROLES}
+    return {key: list(points.get(key, [])) for key in ROLES + tuple(k for k in OPTIONAL if k in points)}
 
 
 def default_feature_shapes(model: nn.Module, sample: torch.Tensor, role: str = "model") -> dict[str, list[tuple]]:
-    """Shapes (without the batch dimension) of the default feature points, in the order declared."""
+    """Shapes (without the batch dimension) of the default feature points (and the stem), in the order declared."""
     points = feature_points(model, role)
-    shapes = feature_shapes(model, [p for key in ROLES for p in points[key]], sample, role)
-    return {key: [shapes[p] for p in points[key]] for key in ROLES}
+    keys = [key for key in ROLES + ("stem",) if key in points]
+    shapes = feature_shapes(model, [p for key in keys for p in points[key]], sample, role)
+    return {key: [shapes[p] for p in points[key]] for key in keys}
+
+
+def feature_layers(model: nn.Module, role: str = "model") -> list[nn.Module] | None:
+    """The modules of the model's `feature_layers` point (RepDistiller's `get_feat_modules()`: the layers
+    that compute its features, without the head), or None when it declares none."""
+    declare = getattr(model, "feature_points", None)
+    paths = (declare() if callable(declare) else {}).get("feature_layers")
+    if not paths:
+        return None
+    return [resolve(model, path, role)[0] for path in paths]
 
 
 @torch.no_grad()

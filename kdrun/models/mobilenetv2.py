@@ -73,7 +73,8 @@ class MobileNetV2(nn.Module):
 
     def feature_points(self) -> dict[str, list[str]]:
         stages = ["blocks.1", "blocks.2", "blocks.4", "blocks.6"]  # RepDistiller's f1..f4
-        return {"stages": stages, "preact": list(stages), "embedding": ["classifier.0:in"]}
+        return {"stages": stages, "preact": list(stages), "embedding": ["classifier.0:in"], "stem": ["conv1"],
+                "feature_layers": ["conv1", "blocks"]}
 
 
 from kdrun.models import MODELS  # noqa: E402

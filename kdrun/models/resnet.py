@@ -77,6 +77,8 @@ class ResNet(nn.Module):
             "stages": layers,
             "preact": [f"{name}.{len(getattr(self, name)) - 1}.relu_out:in" for name in layers],
             "embedding": ["fc:in"],
+            "stem": ["relu"],
+            "feature_layers": ["conv1", "bn1", "relu", *layers],
         }
 
 

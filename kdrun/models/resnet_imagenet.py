@@ -101,6 +101,8 @@ class ResNetImageNet(nn.Module):
             "stages": layers,
             "preact": [f"{name}.{len(getattr(self, name)) - 1}.relu_out:in" for name in layers],
             "embedding": ["linear:in"],
+            "stem": ["relu"],
+            "feature_layers": ["conv1", "bn1", *layers],
         }
 
 

@@ -187,6 +187,8 @@ def _shufflenet_points(model: nn.Module, classifier: str) -> dict[str, list[str]
         "stages": layers,
         "preact": [f"{name}.{len(getattr(model, name)) - 1}.relu_out:in" for name in layers],
         "embedding": [f"{classifier}:in"],
+        "stem": ["relu"],
+        "feature_layers": ["conv1", "bn1", *layers],
     }
 
 

@@ -65,6 +65,8 @@ class VGG(nn.Module):
             "stages": ["relu1", "relu2", "relu3", "relu4"],
             "preact": ["block1", "block2", "block3", "block4"],
             "embedding": ["classifier:in"],
+            "stem": ["relu0"],
+            "feature_layers": [name for k in range(5) for name in (f"block{k}", f"pool{k}")],
         }
 
 

@@ -82,6 +82,8 @@ class WideResNet(nn.Module):
             "stages": ["block1", "block2", "block3"],
             "preact": ["block2.layer.0.relu1:in", "block3.layer.0.relu1:in", "relu:in"],
             "embedding": ["fc:in"],
+            "stem": ["conv1"],
+            "feature_layers": ["conv1", "block1", "block2", "block3"],
         }
 
 

@@ -78,16 +78,23 @@ def ensemble_accuracy(models: list[nn.Module], data: Dataset, batch_size: int = 
 
 
 def hold_statistics(model: nn.Module, trained: list[nn.Parameter]):
-    """Keep the running statistics (batch norm) of the modules a stage does not train: they run in
-    eval mode in that stage's forwards, so an init stage changes nothing beyond what it trains.
-    Returns the hook's handle; remove it when the stage ends."""
+    """An init stage's modes (RepDistiller's helper/pretrain.py: `model_s.eval()`, then the trained
+    modules `.train()`): a module whose parameters are all trained runs in train mode with everything
+    inside it; every other module with state (batch norm) in eval mode, on its running statistics, which
+    stay as they are, so the stage changes nothing beyond what it trains. Dropout is left in train mode
+    (RepDistiller's models have none outside their feature layers; an MLP's input dropout feeds the
+    layers FitNet's hint stage trains). Returns the hook's handle; remove it when the stage ends."""
     ids = {id(p) for p in trained}
-    held = [m for m in model.modules() if next(m.buffers(recurse=False), None) is not None
-            and not any(id(p) in ids for p in m.parameters(recurse=False))]
+    training = set()
+    for m in model.modules():
+        params = list(m.parameters())
+        if params and all(id(p) in ids for p in params):
+            training.update(id(sub) for sub in m.modules())
+    held = [m for m in model.modules() if id(m) not in training and next(m.buffers(recurse=False), None) is not None]
 
     def to_eval(module, inputs):
         for m in held:
-            m.train(False)
+            m.training = False  # this module only: .train(False) would reach the trained ones inside it
 
     return model.register_forward_pre_hook(to_eval)
 

@@ -3,7 +3,9 @@
 Each stage says what it trains (`model`), from which teacher, with which loss (`method`, `phase`),
 with which recipe, and what becomes of its model (`cache`, `ensemble`). An entry with `for_each`
 is a template: it becomes one stage per item of a list (or per number 1..N for an integer), with
-`{item}` and `{index}` (1-based) replaced in its string fields.
+`{item}` and `{index}` (1-based) replaced in its string fields. An entry with `only_for` (method
+names) is left out when its method is none of them (RepDistiller's train_student.py runs an
+initialisation stage for AB, FT and FSP only).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ class Stage:
     recipe: str = "train"  # config path of the stage's recipe
     cache: bool = False  # the trained model goes into the teacher cache (and is reused from it)
     ensemble: bool = False  # the model is a member of the ensemble whose accuracy the run reports
+    only_for: Optional[tuple] = None  # method names: the stage is left out when its method is none of them
 
     # Filled by `build_stages` from the config: the resolved method node and recipe.
     method_cfg: Optional[DictConfig] = None
@@ -112,6 +115,12 @@ def parse_stage(entry: dict, where: str) -> Stage:
     require(stage.phase in PHASES, f"{where}.phase is {stage.phase!r}; valid: {', '.join(PHASES)}.")
     require(isinstance(stage.method, (str, dict)),
             f"{where}.method must be a config path (e.g. `method`) or a method node, got {stage.method!r}.")
+    if stage.only_for is not None:
+        require(isinstance(stage.only_for, list) and all(isinstance(n, str) for n in stage.only_for),
+                f"{where}.only_for must be a list of method names, got {stage.only_for!r}.")
+        for name in stage.only_for:
+            method_class(name)  # an unknown name lists the valid ones
+        stage = replace(stage, only_for=tuple(stage.only_for))
     return stage
 
 
@@ -140,19 +149,23 @@ def build_stages(cfg: DictConfig) -> list[Stage]:
     for n, entry in enumerate(entries):
         here = f"{where}[{n}]"
         stage = parse_stage(entry, here)
-        require(stage.name not in names, f"Two stages of schedule {cfg.schedule.name} are named {stage.name!r}; "
-                                         f"stage names must be unique (they name the checkpoints).")
-        names.add(stage.name)
-        if n == 0 and stage.teacher == "previous":  # the first stage's predecessor is the run's teacher
-            stage = replace(stage, teacher="teacher")
         method_cfg = (resolve_node(cfg, stage.method, "method", here) if isinstance(stage.method, str)
                       else OmegaConf.create(stage.method))
         require("name" in method_cfg, f"{here}.method has no `name` (a method name, e.g. kd or ce).")
+        if stage.only_for is not None and str(method_cfg.name) not in stage.only_for:
+            continue
+        require(stage.name not in names, f"Two stages of schedule {cfg.schedule.name} are named {stage.name!r}; "
+                                         f"stage names must be unique (they name the checkpoints).")
+        names.add(stage.name)
+        if not stages and stage.teacher == "previous":  # the first stage's predecessor is the run's teacher
+            stage = replace(stage, teacher="teacher")
         recipe_node = with_speed_keys(resolve_node(cfg, stage.recipe, "recipe", here), cfg.get("train"))
         recipe = Recipe.from_config(recipe_node, stage.recipe)
         stage = replace(stage, method_cfg=method_cfg, train_recipe=recipe)
         check_stage(stage, here)
         stages.append(stage)
+    require(stages, f"{where}: every stage is `only_for` other methods than {OmegaConf.select(cfg, 'method.name')!r}; a schedule "
+                    f"needs at least one stage for the run's method.")
     return stages
 
 
