@@ -329,3 +329,14 @@ def test_teacher_seed_pins_one_teacher_for_all_student_seeds(tmp_path):
     assert compose_config([]).teacher.seed is None
     bad = kdrun_cli([*QUICK, "teacher.seed=abc", "hydra.run.dir=bad"], cwd=tmp_path)
     assert bad.returncode == 2 and "teacher.seed=abc" in bad.stderr + bad.stdout and "Traceback" not in bad.stderr
+
+
+def test_dkd_takes_mdistillers_beta_for_each_pair_and_an_explicit_value_wins():
+    # mdistiller configs/cifar100/dkd/*.yaml: BETA 6 for WRN and vgg13 pairs, 2 for the ResNet pairs, else 8.
+    expected = {"wrn40_2-wrn16_2": 6.0, "vgg13-mobilenetv2": 6.0, "resnet56-resnet20": 2.0,
+                "resnet110-resnet32": 2.0, "resnet32x4-resnet8x4": 8.0}
+    for pair, beta in expected.items():
+        cfg = compose_config(["experiment=crd_cifar100", "method=dkd", f"pair={pair}"])
+        assert cfg.method.dkd_beta == beta, pair
+    assert compose_config(["method=dkd"]).method.dkd_beta == 8.0
+    assert compose_config(["method=dkd", "pair=resnet56-resnet20", "method.dkd_beta=3"]).method.dkd_beta == 3
