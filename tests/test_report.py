@@ -95,9 +95,14 @@ def test_runs_differing_only_by_seed_form_one_group(grid_sweep):
     assert sorted(by_key[(1, 0.9)].seeds) == [0, 1, 2]
 
 
-def test_keys_that_never_change_results_do_not_split_groups():
+def test_keys_that_never_change_results_do_not_split_groups(tmp_path):
     assert set(NOT_IN_IDENTITY) <= set(NOT_IN_CONFIGURATION)  # kdrun.results.identity's list, plus the seed
     assert "seed" in NOT_IN_CONFIGURATION
+    for i, (beta, device) in enumerate([(6.0, "cpu"), (8.0, "auto")]):  # a nested key below per_pair too
+        write_run(tmp_path / str(i), [f"seed={i}"], {**base_config(), "device": device, "per_pair": {"dkd_beta": beta}},
+                  test_acc=90.0 + i)
+    (group,) = group_runs(find_runs([tmp_path]))
+    assert group.stat().n == 2 and "per_pair.dkd_beta" not in group.values
 
 
 def test_summary_files_list_failures(grid_sweep):

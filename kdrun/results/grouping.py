@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Optional
 
-from kdrun.results.runs import NOT_IN_CONFIGURATION, Run
+from kdrun.results.runs import Run, outside_configuration
 
 METRICS = ("test_acc", "val_acc", "teacher_test_acc")
 
@@ -46,7 +46,7 @@ class Group:
     def values(self) -> dict:
         """The choices and config of the group's first run (grouping makes them the same for all)."""
         first = self.runs[0]
-        plain = {k: v for k, v in first.config.items() if k not in NOT_IN_CONFIGURATION}
+        plain = {k: v for k, v in first.config.items() if not outside_configuration(k)}
         return {**first.choices, **plain}
 
     def value(self, key: str) -> Any:

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from kdrun.errors import UserError
 from kdrun.results.grouping import MISSING, Group, display, sort_values
-from kdrun.results.runs import NOT_IN_CONFIGURATION
+from kdrun.results.runs import NOT_IN_CONFIGURATION, outside_configuration
 
 
 @dataclass
@@ -29,7 +29,7 @@ class Grid:
 def pivot(groups: list[Group], row: str, col: str, shown: list[str]) -> list[Grid]:
     known = list(dict.fromkeys(shown + sorted({k for g in groups for k in g.values})))
     for key in (row, col):
-        if key in NOT_IN_CONFIGURATION:
+        if outside_configuration(key):
             raise UserError(f"--pivot {key}: runs that differ only in {', '.join(NOT_IN_CONFIGURATION)} are pooled "
                             f"into one configuration. Pivot by keys that differ between configurations: "
                             f"{', '.join(shown) or '(none here)'}.")

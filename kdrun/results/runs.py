@@ -20,7 +20,12 @@ NOT_STARTED = "not started"  # a job directory with Hydra's config but no metric
 
 # Keys that do not change what a run computes (kdrun.results.identity.NOT_IN_IDENTITY), plus the seed:
 # runs that differ only in these belong to one configuration.
-NOT_IN_CONFIGURATION = ("seed", "progress", "cache_dir", "device")
+NOT_IN_CONFIGURATION = ("seed", "progress", "cache_dir", "device", "per_pair")
+
+
+def outside_configuration(key: str) -> bool:
+    """Whether a dotted key (`per_pair.dkd_beta`) lies below one of NOT_IN_CONFIGURATION."""
+    return key.split(".", 1)[0] in NOT_IN_CONFIGURATION
 
 
 @dataclass
@@ -47,7 +52,7 @@ class Run:
 
     def configuration(self) -> tuple:
         """What the run computes, the seed excluded: runs with equal configurations are one group."""
-        return tuple(sorted((k, v) for k, v in self.config.items() if k not in NOT_IN_CONFIGURATION))
+        return tuple(sorted((k, v) for k, v in self.config.items() if not outside_configuration(k)))
 
 
 def hashable(value: Any) -> Any:
