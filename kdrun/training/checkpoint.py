@@ -1,10 +1,15 @@
 """Files that must survive a kill at any moment: written to a temporary file, then renamed."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 import torch
 
@@ -61,11 +66,39 @@ def save_json(path: Path, obj) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 
-def load_torch(path: Path, what: str = "checkpoint"):
+OWN_FILE_ADVICE = "kdrun does not start over silently: restore the file, or delete it to redo that work."
+
+
+def foreign_globals() -> list:
+    """What other KD code pickles next to the weights, and nothing that runs code. RepDistiller sets the lr
+    from `np.sum(...)`, so its optimiser states hold numpy.float64 (pickled as numpy 1's
+    `numpy.core.multiarray.scalar` or numpy 2's `numpy._core.multiarray.scalar`, with its dtype, whose
+    state is set on the dtype's own class), and its `*_last.pth` pickles the script's argparse options."""
+    scalar = (np._core if hasattr(np, "_core") else np.core).multiarray.scalar  # numpy 2 renamed core
+    dtypes = [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32, np.int64, np.bool_)]
+    return [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"),
+            np.dtype, *dtypes, argparse.Namespace]
+
+
+def load_torch(path: Path, what: str = "checkpoint", advice: str = OWN_FILE_ADVICE, foreign: bool = False):
+    """A torch file through the weights-only unpickler: tensors and plain data (and, for files other code
+    wrote, `foreign_globals`), never an arbitrary class, whose unpickling could run any code."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a torch file, unpickling refused
-        raise UserError(
-            f"The {what} {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
-            f"kdrun does not start over silently: restore the file, or delete it to redo that work."
-        ) from None
+        with torch.serialization.safe_globals(foreign_globals() if foreign else []):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if refused:
+            raise UserError(
+                f"The {what} {path} holds a pickled {refused.group(1)} object. kdrun will not unpickle it: "
+                f"unpickling a class can run any code. Save the weights alone, "
+                f"torch.save(model.state_dict(), path), and give that file."
+            ) from None
+        raise unreadable(path, what, e, advice) from None
+    except Exception as e:  # truncated, not a torch file
+        raise unreadable(path, what, e, advice) from None
+
+
+def unreadable(path: Path, what: str, e: Exception, advice: str) -> UserError:
+    return UserError(f"The {what} {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+                     f"{advice}")

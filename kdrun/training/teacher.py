@@ -98,21 +98,28 @@ def load_entry(path: Path, key: str, what: str) -> dict:
 
 
 def extract_state_dict(obj) -> dict:
-    """Accept kdrun's files and the usual layouts of other KD code (RepDistiller, mdistiller, ...)."""
+    """Accept kdrun's files and the usual layouts of other KD code: RepDistiller's {"model": weights, ...}
+    and mdistiller's, whose distiller files hold `module.student.*` and `module.teacher.*` (the student
+    is the network such a file was saved for)."""
     if isinstance(obj, dict):
         for key in ("student", "state_dict", "model", "net"):
             if key in obj and isinstance(obj[key], dict):
                 return extract_state_dict(obj[key])
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError("no state dict of tensors found")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    state = {k.removeprefix("module."): v for k, v in obj.items()}
+    if any(k.startswith("student.") for k in state):
+        state = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
+    return state
 
 
 def load_weights(model: nn.Module, path: Path, label: str) -> None:
     if not path.is_file():
         raise UserError(f"teacher.checkpoint {path} does not exist. Give the path of a weights file, or "
                         f"teacher.checkpoint=null to train the teacher (or reuse it from the cache).")
-    state = load_torch(path, "teacher checkpoint")
+    state = load_torch(path, "teacher checkpoint", foreign=True,
+                       advice="Is the file complete, and written by torch.save? Give a file of the teacher's "
+                              "weights, or teacher.checkpoint=null to train the teacher.")
     try:
         model.load_state_dict(extract_state_dict(state))
     except (RuntimeError, UserError) as e:
