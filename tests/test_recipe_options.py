@@ -223,6 +223,17 @@ def test_fit_logs_the_default_groups_lr(monkeypatch):
     assert result.history[0]["lr"] == 0.2 and seen[0][0] == 0.2
 
 
+def test_the_history_records_the_lr_each_epoch_trained_at(monkeypatch):
+    model, data = TinyNet(), tiny_data()
+    seen = steps_seen(monkeypatch)
+    result = fit(ce_method(model, data), data, recipe(epochs=4, milestones=[2, 3]), stage="ce", seed=0)
+    steps = len(seen) // 4
+    trained_at = [seen[e * steps][0] for e in range(4)]
+    assert all(seen[e * steps + i][0] == trained_at[e] for e in range(4) for i in range(steps))
+    assert trained_at == pytest.approx([0.05, 0.05, 0.005, 0.0005])  # decayed after epochs 2 and 3, as in RepDistiller
+    assert [h["lr"] for h in result.history] == trained_at
+
+
 def test_a_bad_lr_scale_names_the_module():
     model = TinyNet()
     model.fc1.lr_scale = -1.0

@@ -132,6 +132,7 @@ def fit(
             t0 = time.perf_counter()
             if recipe.momentum_ramp is not None:  # a function of the epoch alone: resumes exactly
                 set_momentum(optimizer, recipe.momentum_in(epoch))
+            lr = optimizer.param_groups[0]["lr"]  # the epoch's lr: the scheduler steps once, at its end
             for idx, x, y in data.batches(data.train, recipe.batch_size, shuffle=True, seed=seed_e, train=True):
                 with speed.autocast():
                     _, losses = distiller.forward_train(speed.batch(x), y, epoch, idx)
@@ -163,7 +164,7 @@ def fit(
                 raise diverged(distiller, recipe, stage, epoch, int(bad_step), float(bad_loss), train_loss, batches)
             entry = {"stage": stage, "epoch": epoch, "train_loss": round(train_loss, 6),
                      "losses": {k: round(v.item() / n, 6) for k, v in terms.items()},
-                     "lr": optimizer.param_groups[0]["lr"],
+                     "lr": lr,
                      "test_acc": evaluate(distiller.student, data, data.test, speed=speed)}
             if data.val is not None:
                 entry["val_acc"] = evaluate(distiller.student, data, data.val, speed=speed)
