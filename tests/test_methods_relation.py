@@ -225,6 +225,56 @@ def test_contrast_memory_draws_negatives_uniformly_among_the_others():
         assert all(400 < c < 800 for j, c in enumerate(counts) if j != i)  # about 3000 / 5 each
 
 
+def test_contrast_memory_draws_distinct_negatives_of_other_classes_by_default():
+    """The paper's CIFAR-100 setting (RepDistiller mode='exact'): k of the other classes' examples,
+    without replacement, each equally likely."""
+    torch.manual_seed(0)
+    labels = torch.arange(40) % 4  # 10 per class, 30 others for each example
+    mem = ContrastMemory(dim=2, size=40, k=25, temperature=0.07, momentum=0.5, labels=labels)
+    index = torch.tensor([0, 5, 11, 38])
+    seen = torch.zeros(4, 40)
+    for _ in range(400):
+        drawn = mem.sample(index)
+        assert drawn.shape == (4, 26) and torch.equal(drawn[:, 0], index)
+        for row, i in enumerate(index.tolist()):
+            negatives = drawn[row, 1:]
+            assert len(set(negatives.tolist())) == 25  # no duplicates
+            assert not (labels[negatives] == labels[i]).any()  # no same-class negative
+            seen[row] += torch.bincount(negatives, minlength=40)
+    for row, i in enumerate(index.tolist()):
+        other = labels != labels[i]
+        assert (seen[row][~other] == 0).all()
+        assert ((seen[row][other] > 290) & (seen[row][other] < 380)).all()  # about 400 * 25 / 30 each
+
+
+def test_contrast_memory_falls_back_to_replacement_where_a_class_has_too_few_others():
+    torch.manual_seed(0)
+    labels = torch.tensor([0] * 36 + [1] * 4)  # class 0 has 4 others, fewer than k; class 1 has 36
+    mem = ContrastMemory(dim=2, size=40, k=10, temperature=0.07, momentum=0.5, labels=labels)
+    index = torch.tensor([2, 37])
+    counts = torch.zeros(40)
+    for _ in range(200):
+        drawn = mem.sample(index)
+        assert set(drawn[0, 1:].tolist()) <= {36, 37, 38, 39}  # with replacement, from class 1 only
+        counts += torch.bincount(drawn[0, 1:], minlength=40)
+        negatives = drawn[1, 1:]
+        assert len(set(negatives.tolist())) == 10 and (labels[negatives] == 0).all()
+    assert ((counts[36:] > 400) & (counts[36:] < 600)).all()  # about 200 * 10 / 4 each
+
+
+def test_crd_negatives_option_and_its_refusals():
+    student, teacher = tiny_pair()
+    assert build_method(method_cfg("crd", nce_k=8), student, teacher, INFO).memory.by_class
+    uniform = build_method(method_cfg("crd", nce_k=8, negatives="uniform"), student, teacher, INFO)
+    assert not uniform.memory.by_class
+    one_class = DataInfo(2, (6, 6), 3, train_size=40, train_labels=torch.zeros(40, dtype=torch.long))
+    with pytest.raises(UserError, match="has one class. Use method.negatives=uniform"):
+        build_method(method_cfg("crd", nce_k=8), student, teacher, one_class)
+    build_method(method_cfg("crd", nce_k=8, negatives="uniform"), student, teacher, one_class)  # the advice works
+    with pytest.raises(UserError, match="method.negatives=exact: expected one of other_classes, uniform"):
+        build_method(method_cfg("crd", nce_k=8, negatives="exact"), student, teacher, INFO)
+
+
 # ---- DKD: Zhao et al. 2022 ----
 
 def softmax(row, T):
@@ -314,7 +364,7 @@ class TinyConv(nn.Module):
         return {"stages": ["stage1", "stage2"], "preact": ["stage1.1", "stage2.0"], "embedding": ["fc:in"]}
 
 
-INFO = DataInfo(2, (6, 6), 3, train_size=40)
+INFO = DataInfo(2, (6, 6), 3, train_size=40, train_labels=torch.arange(40) % 3)
 
 
 def tiny_pair(seed=0):

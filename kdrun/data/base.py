@@ -48,6 +48,8 @@ class DataInfo:
     image_size: tuple[int, int]
     num_classes: int
     train_size: int = 0  # examples in the training split (memory banks are sized by it)
+    # the training split's labels, for methods that sample by class (CRD's negatives)
+    train_labels: Optional[torch.Tensor] = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         h, w = self.image_size
@@ -69,7 +71,7 @@ class Dataset:
     @property
     def info(self) -> DataInfo:
         _, c, h, w = self.train.x.shape
-        return DataInfo(int(c), (int(h), int(w)), self.num_classes, len(self.train))
+        return DataInfo(int(c), (int(h), int(w)), self.num_classes, len(self.train), self.train.y)
 
     @property
     def device(self) -> torch.device:

@@ -27,6 +27,7 @@ from kdrun.models.features import feature_shapes
 
 log = logging.getLogger("kdrun")
 EPS = 1e-7
+NEGATIVES = ("other_classes", "uniform")
 
 
 def nce_loss(p: torch.Tensor, n_data: int) -> torch.Tensor:
@@ -39,9 +40,12 @@ def nce_loss(p: torch.Tensor, n_data: int) -> torch.Tensor:
 
 
 class ContrastMemory(nn.Module):
-    """One student and one teacher embedding per training example, and the NCE constants Z."""
+    """One student and one teacher embedding per training example, and the NCE constants Z.
 
-    def __init__(self, dim: int, size: int, k: int, temperature: float, momentum: float):
+    `labels` (the training split's): negatives from other classes; None: from all other examples."""
+
+    def __init__(self, dim: int, size: int, k: int, temperature: float, momentum: float,
+                 labels: torch.Tensor | None = None):
         super().__init__()
         self.k, self.temperature, self.momentum = k, temperature, momentum
         bound = 1.0 / math.sqrt(dim / 3)  # uniform entries of variance 1/dim: vectors of norm about 1
@@ -49,12 +53,41 @@ class ContrastMemory(nn.Module):
         self.register_buffer("teacher_bank", torch.rand(size, dim) * 2 * bound - bound)
         self.register_buffer("z", torch.full((2,), -1.0))  # (student anchor, teacher anchor); < 0: unset
         self._z_checked = False  # read z once, not once per batch (a device sync)
+        self.by_class = labels is not None
+        if self.by_class:  # derived from the data: kept out of the state dict
+            labels = labels.long()
+            counts = torch.bincount(labels.cpu())
+            others = size - counts
+            self.register_buffer("labels", labels, persistent=False)
+            self.register_buffer("order", torch.argsort(labels.cpu(), stable=True).to(labels.device), persistent=False)
+            self.register_buffer("start", (torch.cumsum(counts, 0) - counts).to(labels.device), persistent=False)
+            self.register_buffer("count", counts.to(labels.device), persistent=False)
+            self.register_buffer("short", (others < k).to(labels.device), persistent=False)
+            self.any_short = bool((others[counts > 0] < k).any())
 
     def sample(self, index: torch.Tensor) -> torch.Tensor:
-        """batch x (1 + k) bank rows: the example itself, then k others drawn uniformly (with replacement)."""
-        draws = torch.randint(0, len(self.student_bank) - 1, (len(index), self.k), device=index.device)
-        negatives = draws + (draws >= index[:, None]).long()  # skip the positive
+        """batch x (1 + k) bank rows: the example itself, then its k negatives."""
+        negatives = self.other_classes(index) if self.by_class else self.uniform(index)
         return torch.cat([index[:, None], negatives], dim=1)
+
+    def uniform(self, index: torch.Tensor) -> torch.Tensor:
+        draws = torch.randint(0, len(self.student_bank) - 1, (len(index), self.k), device=index.device)
+        return draws + (draws >= index[:, None]).long()  # skip the positive
+
+    def other_classes(self, index: torch.Tensor) -> torch.Tensor:
+        """k distinct examples of other classes per row: the k smallest of uniform keys, the own class's
+        keys set above every other (one top-k on the device, no loop over classes)."""
+        y = self.labels[index]
+        keys = torch.rand(len(index), len(self.labels), device=index.device)
+        keys.masked_fill_(self.labels[None, :] == y[:, None], 2.0)
+        negatives = keys.topk(self.k, dim=1, largest=False, sorted=False).indices
+        if self.any_short:  # classes with fewer than k others: k draws from them with replacement
+            count, start = self.count[y][:, None], self.start[y][:, None]
+            others = len(self.labels) - count
+            r = (torch.rand(len(index), self.k, device=index.device) * others).long().clamp_max(others - 1)
+            drawn = self.order[r + (r >= start).long() * count]  # the r-th example outside the class
+            negatives = torch.where(self.short[y][:, None], drawn, negatives)
+        return negatives
 
     def forward(self, v_s: torch.Tensor, v_t: torch.Tensor, index: torch.Tensor,
                 rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,6 +121,8 @@ class ContrastiveRepresentation(WeightedDistiller):
         require(int(cfg.nce_k) >= 1, f"method.nce_k (negatives per example) must be at least 1, got {cfg.nce_k}.")
         require(float(cfg.nce_t) > 0, f"method.nce_t (NCE temperature) must be positive, got {cfg.nce_t}.")
         require(0 <= float(cfg.nce_m) < 1, f"method.nce_m (memory momentum) must lie in [0, 1), got {cfg.nce_m}.")
+        require(cfg.negatives in NEGATIVES, f"method.negatives={cfg.negatives}: expected one of "
+                                            f"{', '.join(NEGATIVES)}.")
 
     def __init__(self, student, teacher, cfg, info):
         super().__init__(student, teacher, cfg, info)
@@ -102,7 +137,14 @@ class ContrastiveRepresentation(WeightedDistiller):
         dim = int(cfg.feat_dim)
         self.embed_s = nn.Linear(math.prod(s_shape), dim)
         self.embed_t = nn.Linear(math.prod(t_shape), dim)
-        self.memory = ContrastMemory(dim, n, k, float(cfg.nce_t), float(cfg.nce_m))
+        labels = None
+        if cfg.negatives == "other_classes":
+            labels = info.train_labels
+            require(labels is not None and len(labels) == n, "crd: method.negatives=other_classes needs the "
+                    "training split's labels, and none came with the data; use method.negatives=uniform.")
+            require(int(torch.unique(labels).numel()) > 1, "crd: method.negatives=other_classes draws negatives "
+                    "from the other classes, and the training split has one class. Use method.negatives=uniform.")
+        self.memory = ContrastMemory(dim, n, k, float(cfg.nce_t), float(cfg.nce_m), labels)
         self.watch([self.s_path], [self.t_path])
 
     def method_terms(self, s_feats, t_feats, index=None, **_):
