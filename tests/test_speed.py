@@ -247,3 +247,16 @@ def test_every_stage_of_a_schedule_follows_the_speed_keys_of_train():
     stages = build_stages(cfg)
     assert len(stages) == 2 and all(s.train_recipe.precision == "fp32" and s.train_recipe.compile for s in stages)
     assert Recipe.from_config(cfg.teacher.train).precision == "fp32"
+
+
+def test_the_evaluation_batch_does_not_change_the_accuracy():
+    """The batch is chosen by device (64 on the CPU, 1000 on a GPU: scripts/bench_eval.py); BN layers
+    evaluate with their running statistics, so the split's accuracy is the same in any batching."""
+    student, _ = models()
+    student.train()
+    data = tiny_data()
+    fit(FeatureKD(student, models()[1], KD, data.info), data, Recipe(epochs=1, batch_size=16, precision="fp32"),
+        stage="kd", seed=0)  # running statistics that are not the initial ones
+    accuracies = {evaluate(student, data, data.test, batch_size=b) for b in (1, 7, 64, 1000)}
+    assert len(accuracies) == 1 and evaluate(student, data, data.test) in accuracies
+    assert student.training  # evaluation puts the model back into the mode it found
