@@ -10,7 +10,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 import torch
 
 from kdrun.errors import UserError
