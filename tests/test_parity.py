@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import compose_config, kdrun_cli  # noqa: F401
+from conftest import compose_config
 from inprocess import kdrun_in_process, one_cpu_thread  # noqa: F401  (autouse fixture)
 from kdrun.data import build_dataset
 from kdrun.models import build_model
