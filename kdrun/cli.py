@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -12,16 +13,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from kdrun.configs import CONFIG_DIR, check_launcher, register_configs
+from kdrun.cli_args import preflight
+from kdrun.configs import CONFIG_DIR, register_configs
 from kdrun.errors import UserError
-from kdrun.override_check import check_override_grammar, check_override_keys
+from kdrun.schema.errors import user_error
+from kdrun.schema.keys import check_keys
 
 log = logging.getLogger("kdrun")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def app(cfg: DictConfig):
-    from kdrun.config_check import check_config
     from kdrun.results.identity import RunDirTaken, claim, write_config
     from kdrun.schedules.spec import require_complete
     from kdrun.training.run import report_completed, run
@@ -33,8 +35,7 @@ def app(cfg: DictConfig):
     claimed, log_file = None, None
     with interrupts_raise():
         try:
-            if _in_process_job(hydra_cfg):
-                check_config(cfg, hydra_cfg.runtime.choices, hydra_cfg.job.config_name)
+            check_keys(cfg)  # what `+KEY=VALUE` added past the schema
             require_complete(cfg)
             # Nothing is written into the directory before it is known to be free or this configuration's.
             claimed = claim(run_dir, cfg, "hydra.sweep.dir" if multirun else "hydra.run.dir")
@@ -114,56 +115,10 @@ def _record(cfg: DictConfig, run_dir: Path, claimed, status: str, message: str, 
         log.error(str(e))
 
 
-def _in_process_job(hydra_cfg) -> bool:
-    """A single run or a job of Hydra's basic launcher. The type check composes the defaults with Hydra,
-    which in the job process of another launcher re-imports Hydra's config classes, so that the job's
-    result can no longer be pickled back to the sweep: there the check is left out."""
-    target = str(hydra_cfg.launcher.get("_target_", ""))
-    return hydra_cfg.mode == RunMode.RUN or target.endswith("BasicLauncher")
-
-
 def _resume_hint(hydra_cfg, run_dir: Path) -> str:
     if hydra_cfg.mode == RunMode.MULTIRUN:
         return f"hydra.sweep.dir={hydra_cfg.sweep.dir}"
     return f"hydra.run.dir={run_dir}"
-
-
-def check_modes(argv: list[str]) -> None:
-    """Hydra raises (with a traceback) for two of its modes at once, e.g. `kdrun -m --cfg job`."""
-    from hydra._internal.utils import get_args_parser
-
-    try:
-        args = get_args_parser().parse_args(argv)
-    except SystemExit:
-        return  # argparse has said what is wrong
-    modes = [flag for flag, on in (("--run", args.run), ("-m", args.multirun), ("--cfg", args.cfg),
-                                   ("--info", args.info), ("--shell-completion", args.shell_completion)) if on]
-    if len(modes) > 1:
-        hint = (" To see the config of one job of a sweep, drop -m and give that job's values, e.g. "
-                "kdrun --cfg job method.T=4.") if "-m" in modes else ""
-        raise UserError(f"{' and '.join(modes)} cannot be given together.{hint}")
-
-
-def check_sweep_preset(argv: list[str]) -> None:
-    """`sweep=NAME` sets a grid for `-m` (hydra.sweeper.params); without -m Hydra would run one job with
-    the defaults and say nothing."""
-    import shlex
-
-    from hydra._internal.utils import get_args_parser
-
-    try:
-        args = get_args_parser().parse_args(argv)
-    except SystemExit:
-        return
-    if args.multirun or args.cfg or args.info or args.help or args.hydra_help or args.shell_completion:
-        return
-    for text in args.overrides:
-        key, sep, value = text.partition("=")
-        if key.lstrip("+") == "sweep" and sep and value not in ("", "null"):
-            raise UserError(f"sweep={value} is a grid for a sweep: without -m kdrun would run one job with the "
-                            f"defaults, not the grid. Run the sweep with -m: kdrun -m "
-                            f"{' '.join(shlex.quote(a) for a in argv)} (kdrun --cfg hydra sweep={value} shows its "
-                            f"grid under hydra.sweeper.params).")
 
 
 def main() -> None:
@@ -171,15 +126,15 @@ def main() -> None:
 
     register_configs()
     try:
-        check_override_grammar(sys.argv[1:])
-        check_modes(sys.argv[1:])
-        check_sweep_preset(sys.argv[1:])
-        check_launcher(sys.argv[1:])
-        check_override_keys(sys.argv[1:])
+        preflight(sys.argv[1:])
     except UserError as e:
         sys.stderr.write(f"kdrun: {e}\n")
         sys.exit(2)
     exit_code = None  # the status kdrun is already leaving with (a signal, a refusal)
+    # Hydra prints its errors itself unless HYDRA_FULL_ERROR is set (its documented switch): set, they
+    # reach kdrun, which says what a config error means in its own words. A user who set it gets them raw.
+    raw_errors = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         app()
     except SystemExit as e:
@@ -188,7 +143,18 @@ def main() -> None:
     except KeyboardInterrupt:  # Ctrl-C between two jobs of a sweep
         exit_code = 130
         raise SystemExit(130) from None
+    except Exception as e:
+        error = user_error(e)
+        if raw_errors == "1" or not isinstance(error, UserError):
+            raise
+        exit_code = 2
+        sys.stderr.write(f"kdrun: {error}\n")
+        raise SystemExit(2) from None
     finally:
+        if raw_errors is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = raw_errors
         status = finish_sweep(exit_code)  # a sweep's summary, also when Hydra stopped the sweep early
     if status:
         sys.exit(status)  # some job of the sweep failed, was refused or did not start

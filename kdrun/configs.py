@@ -13,7 +13,7 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 
 from kdrun.errors import UserError
-from kdrun.models import MODELS, model_defaults
+from kdrun.models import MODELS
 
 
 
@@ -52,13 +52,30 @@ def check_launcher(argv: list[str]) -> None:
 
 
 def register_configs() -> None:
+    """Every schema into Hydra's ConfigStore: the root (`kdrun_schema`), `schema/method/NAME`,
+    `schema/dataset/NAME`, `schema/schedule/NAME` and `schema/launcher/NAME` (a group file names its schema
+    in its defaults list, `/schema/method/kd@_here_`), and `teacher/NAME`, `student/NAME` for every model."""
     global _registered
     if _registered:
         return
+    from kdrun.data.config import SCHEMAS as DATASET_SCHEMAS
+    from kdrun.methods import METHODS
+    from kdrun.schedules.config import SCHEMAS as SCHEDULE_SCHEMAS
+    from kdrun.schema.models import model_schema
+    from kdrun.schema.root import Config
+    from kdrun.schema.launchers import LocalGpusConf
+
     register_launchers()
     cs = ConfigStore.instance()
+    cs.store(name="kdrun_schema", node=Config, provider="kdrun")
+    for name in METHODS.names():
+        cs.store(group="schema/method", name=name, node=METHODS.get(name).Config, provider="kdrun")
+    for name, schema in DATASET_SCHEMAS.items():
+        cs.store(group="schema/dataset", name=name, node=schema, provider="kdrun")
+    for name, schema in SCHEDULE_SCHEMAS.items():
+        cs.store(group="schema/schedule", name=name, node=schema, provider="kdrun")
+    cs.store(group="schema/launcher", name="local_gpus", node=LocalGpusConf, provider="kdrun")
     for name in MODELS.names():
-        node = {"name": name, **model_defaults(name)}
-        cs.store(group="student", name=name, node=node, provider="kdrun")
-        cs.store(group="teacher", name=name, node={**node, "checkpoint": None, "seed": None}, provider="kdrun")
+        cs.store(group="student", name=name, node=model_schema(name, teacher=False), provider="kdrun")
+        cs.store(group="teacher", name=name, node=model_schema(name, teacher=True), provider="kdrun")
     _registered = True

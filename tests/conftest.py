@@ -29,6 +29,21 @@ def compose_config(overrides=(), return_hydra_config: bool = False):
         return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
+def compose_refusal(overrides) -> str:
+    """kdrun's message for a config that the schema refuses as Hydra composes it (the test fails when the
+    config composes, or when the error is not one kdrun words for the user)."""
+    from kdrun.errors import UserError
+    from kdrun.schema.errors import user_error
+
+    try:
+        compose_config(overrides)
+    except Exception as e:  # noqa: BLE001  (what the CLI catches)
+        error = user_error(e)
+        assert isinstance(error, UserError), f"not worded for the user: {e!r}"
+        return str(error)
+    raise AssertionError(f"{overrides} composed, but should have been refused")
+
+
 def group_options(group: str) -> list[str]:
     register_configs()
     GlobalHydra.instance().clear()

@@ -9,9 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from omegaconf import OmegaConf
+
 from kdrun.results.grouping import Group
 from kdrun.results.paper import PaperComparison, load_paper, paper_names
 from kdrun.results.runs import Run
+from kdrun.schedules.spec import stage_recipe
+from kdrun.training.recipe import RecipeDelta
 from tests.conftest import REPO, compose_config, kdrun_cli
 
 TABLES = ["ab_cifar10", "at_cifar10", "ban_cifar100", "crd_cifar100", "fitnet_cifar10", "fsp_cifar10",
@@ -100,9 +104,12 @@ RECIPES = {
 
 
 def value(cfg, dotted):
-    node = cfg
-    for part in dotted.split("."):
-        node = node[part]
+    """The value a run uses: a stage recipe's key it leaves null is train's (the stage's effective recipe)."""
+    parts = dotted.split(".")
+    if parts[0] == "schedule" and len(parts) == 3 and OmegaConf.get_type(cfg.schedule[parts[1]]) is RecipeDelta:
+        node = getattr(stage_recipe(cfg, ".".join(parts[:2]), "test"), parts[2])
+    else:
+        node = OmegaConf.select(cfg, dotted)
     return list(node) if hasattr(node, "__len__") and not isinstance(node, str) else node
 
 
@@ -301,7 +308,12 @@ def test_a_script_per_table():
     assert sorted(p.stem.removeprefix("reproduce_") for p in SCRIPTS) == TABLES
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem.removeprefix("reproduce_"))
+SLOW_SMOKE = ("crd_cifar100", "at_cifar10", "fitnet_cifar10", "takd_cifar")  # 10-30 s each on 2 cores
+
+
+@pytest.mark.parametrize("script", [pytest.param(p, marks=pytest.mark.slow) if p.stem.removeprefix("reproduce_")
+                                    in SLOW_SMOKE else p for p in SCRIPTS],
+                         ids=lambda p: p.stem.removeprefix("reproduce_"))
 def test_smoke_run_produces_the_side_by_side_table(script, tmp_path):
     table = script.stem.removeprefix("reproduce_")
     env = {**os.environ, "PYTHONPATH": str(REPO), "KDRUN_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "250"}

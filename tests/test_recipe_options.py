@@ -13,6 +13,7 @@ from kdrun.data import build_dataset
 from kdrun.data.augment import Augmentation
 from kdrun.errors import UserError
 from kdrun.methods import build_method
+from kdrun.schedules.spec import stage_recipe
 from kdrun.training.loop import constrained_modules, fit
 from kdrun.training.recipe import Recipe
 
@@ -270,12 +271,13 @@ def test_no_constraint_without_constrain_or_for_frozen_modules():
     ({"rmsprop_decay": 1.0}, "train.rmsprop_decay must lie in [0, 1), got 1.0"),
     ({"rmsprop_decay": -0.1}, "train.rmsprop_decay must lie in [0, 1)"),
     ({"rmsprop_eps": 0.0}, "train.rmsprop_eps must be positive"),
-    ({"rmsprop_eps": "x"}, "train.rmsprop_eps=x: expected a finite number"),
+    ({"rmsprop_eps": "x"}, "train.rmsprop_eps=x: expected a number"),
+    ({"rmsprop_eps": float("inf")}, "train.rmsprop_eps=inf: expected a finite number"),
     ({"optimizer": "rmsprop", "nesterov": True}, "train.nesterov=true needs train.optimizer=sgd"),
     ({"lr_decay": "linear", "milestones": []}, "train.lr_decay=linear needs exactly one milestone"),
     ({"lr_decay": "linear", "milestones": [1]}, "train.lr_decay=linear needs exactly one milestone"),
     ({"lr_decay": "linear", "milestones": [5, 8]}, "got [5, 8]"),
-    ({"momentum_ramp": 5}, "train.momentum_ramp=5: expected null or [last epoch, final momentum]"),
+    ({"momentum_ramp": 5}, "train.momentum_ramp=5: expected a list of numbers, e.g. [1,2] or null"),
     ({"momentum_ramp": [5]}, "train.momentum_ramp=[5]: expected null or [last epoch, final momentum]"),
     ({"momentum_ramp": [2.5, 0.9]}, "train.momentum_ramp=[2.5, 0.9]: expected null or"),
     ({"momentum_ramp": [5, 1.0]}, "the final momentum must lie in [0, 1)"),
@@ -287,7 +289,7 @@ def test_no_constraint_without_constrain_or_for_frozen_modules():
      "train.momentum_ramp with train.optimizer=rmsprop needs a positive starting train.momentum"),
 ])
 def test_impossible_values_name_the_key(values, needle):
-    cfg = OmegaConf.merge(compose_config().train, values)
+    cfg = OmegaConf.create({**OmegaConf.to_container(compose_config().train), **values})
     with pytest.raises(UserError, match=re.escape(needle)):
         Recipe.from_config(cfg, "train")
 
@@ -297,7 +299,7 @@ def test_configs_carry_the_keys_and_stage_recipes_follow_train():
                  "train.milestones=[9]", "train.momentum_ramp=[5,0.5]", "train.augment={flip:true}"]
     cfg = compose_config(overrides)
     for node in ("hint", "kd"):
-        stage = Recipe.from_config(cfg.schedule[node], f"schedule.{node}")
+        stage = stage_recipe(cfg, f"schedule.{node}", "test")
         assert (stage.optimizer, stage.lr_decay, stage.momentum_ramp) == ("rmsprop", "linear", (5, 0.5))
         assert stage.augment == {"flip": True}
     teacher = Recipe.from_config(cfg.teacher.train, "teacher.train")

@@ -24,14 +24,13 @@ from kdrun.errors import UserError
 from kdrun.methods import method_class
 from kdrun.models import build_model, model_defaults
 from kdrun.models.probe import smallest_side
-from kdrun.override_check import check_override_keys
 from kdrun.results.report import main as report_main
 from kdrun.training.checkpoint import save_json
 from kdrun.training.lone_batch import failing_batch_norm, has_lone_batch, other_batch_size
 from test_datasets import write_mnist
 from test_report import base_config, write_run
 
-README = (REPO / "README.md").read_text()
+README = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])  # and docs/
 
 
 def with_base(args):
@@ -69,7 +68,7 @@ def no_teacher_trained(tmp_path) -> bool:
     (["student=mlp", "student.hidden=[-5]"], "student.hidden=[-5]: student=mlp takes a list of layer widths, each an integer of 1 or more"),
     (["student=mlp", "student.hidden=[0]"], "student.hidden=[0]: student=mlp takes a list of layer widths"),  # a dead network
     (["student=mlp", "student.dropout=1.5"], "student.dropout=1.5: student=mlp takes a dropout probability in [0, 1)"),
-    (["student=wrn10_1", "student.drop_rate=2"], "student.drop_rate=2: student=wrn10_1 takes a dropout probability"),
+    (["student=wrn10_1", "student.drop_rate=2"], "student.drop_rate=2.0: student=wrn10_1 takes a dropout probability"),
 ])
 def test_model_arguments_are_checked_before_any_training(cli, tmp_path, args, needle):
     assert_refused(*cli(*args), needle)
@@ -95,6 +94,10 @@ def test_every_zoo_model_checks_its_arguments(name, key, value, needle):
 def test_shape_arguments_are_the_datasets_and_the_advice_works(cli, tmp_path):
     assert_refused(*cli("+student.num_classes=100"), "student.num_classes=100: the dataset sets num_classes",
                    "Leave out +student.num_classes=...", "dataset=synthetic takes dataset.num_classes=N")
+    assert_refused(*cli("+student.depth=3"), "student.depth=3: student=mlp takes no argument 'depth' (its "
+                   "arguments: hidden, dropout")
+    code, out = cli("dataset.num_classes=7", "train.epochs=1")  # the advice, followed
+    assert code == 0, out
 
 
 def test_a_model_that_cannot_take_the_image_size_is_refused_with_the_smallest_it_takes(cli, tmp_path):
@@ -259,7 +262,8 @@ def test_a_mistyped_launcher_key_is_named_and_the_right_one_is_taken(cli, tmp_pa
 
 
 def test_takds_assistants_are_a_key_of_its_schedule():
-    check_override_keys(["schedule=takd", "schedule.assistants=[resnet20]"])  # a key left open (???) is a key
+    cfg = compose_config(["schedule=takd", "schedule.assistants=[resnet20]"])  # a key left open (???) is a key
+    assert list(cfg.schedule.assistants) == ["resnet20"]
 
 
 @pytest.mark.parametrize("value,needle", [

@@ -4,7 +4,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from conftest import QUICK, compose_config
+from conftest import QUICK, compose_config, compose_refusal
 from kdrun.data import build_dataset
 from kdrun.data.whiten import apply_zca_, fit_zca, global_contrast_normalize
 from kdrun.errors import UserError
@@ -107,12 +107,18 @@ def test_augmentation_pads_whitened_images_with_zeros():
     ("dataset.whiten={gcn_scale:55.0,zca_bias:-1.0}", "dataset.whiten.zca_bias must be above 0"),
     ("dataset.whiten={gcn_scale:55.0}", "dataset.whiten lacks zca_bias"),
     ("dataset.whiten.gcn_scale=55", "dataset.whiten lacks zca_bias"),
-    ("dataset.whiten={gcn_scale:abc,zca_bias:0.1}", "dataset.whiten.gcn_scale must be a number"),
-    ("dataset.whiten=true", "dataset.whiten must be null or a group"),
 ])
 def test_bad_whiten_configs_name_the_key(override, message):
     with pytest.raises(UserError, match=message):
         build_dataset(compose_config(TINY + [override]).dataset, CPU)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("dataset.whiten={gcn_scale:abc,zca_bias:0.1}", "dataset.whiten.gcn_scale=abc: expected a number or null"),
+    ("dataset.whiten=true", "dataset.whiten=true: expected a group of keys or null"),
+])
+def test_whiten_values_of_the_wrong_type_are_refused_by_the_schema(override, message):
+    assert message in compose_refusal(TINY + [override])
 
 
 def test_teacher_cache_key_depends_on_whiten_and_ignores_a_null_one():

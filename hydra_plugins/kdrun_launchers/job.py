@@ -34,8 +34,25 @@ def load_task(ref: dict):
     return inspect.unwrap(obj)
 
 
+class JobCallbacks:
+    """The job's `hydra.callbacks`, told of the job's start and end as Hydra's own launchers tell them
+    (instantiated with Hydra's public `instantiate`; the reverse order at the end is Hydra's)."""
+
+    def __init__(self, config) -> None:
+        from hydra.utils import instantiate
+
+        self.callbacks = [instantiate(params) for params in (config.hydra.get("callbacks") or {}).values()]
+
+    def on_job_start(self, config, **kwargs) -> None:
+        for callback in self.callbacks:
+            callback.on_job_start(config=config, **kwargs)
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        for callback in reversed(self.callbacks):
+            callback.on_job_end(config=config, job_return=job_return, **kwargs)
+
+
 def main(payload_path: str) -> None:
-    from hydra._internal.callbacks import Callbacks
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.utils import JobRuntime, run_job, setup_globals
     from hydra.types import HydraContext
@@ -47,7 +64,7 @@ def main(payload_path: str) -> None:
     JobRuntime.instance().set("name", config.hydra.job.name)
     HydraConfig.instance().set_config(config)
     result = run_job(
-        hydra_context=HydraContext(config_loader=None, callbacks=Callbacks(config)),
+        hydra_context=HydraContext(config_loader=None, callbacks=JobCallbacks(config)),
         task_function=load_task(payload["task"]),
         config=config,
         job_dir_key="hydra.sweep.dir",

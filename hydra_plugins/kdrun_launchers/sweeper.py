@@ -85,7 +85,8 @@ class KdrunSweeper(Sweeper):
         assert self.config is not None and self.launcher is not None
         jobs = self.jobs(arguments)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        refused = self.taken_directories(jobs, sweep_dir)
+        configs = self.checked_configs(jobs)
+        refused = self.taken_directories(jobs, sweep_dir, configs)
         if refused:
             state.refuse_sweep()
             sys.stderr.write(f"kdrun: the sweep was not started: {refused}\n")
@@ -97,8 +98,7 @@ class KdrunSweeper(Sweeper):
         size = self.max_batch_size if self.max_batch_size and self.max_batch_size > 0 else max(len(jobs), 1)
         returns = []
         for start in range(0, len(jobs), size):
-            batch = jobs[start:start + size]
-            self.validate_batch_is_legal(batch)
+            batch = jobs[start:start + size]  # each composed once already (checked_configs)
             results = self.launcher.launch(batch, initial_job_idx=start)
             for i, result in enumerate(results):
                 state.job_returned(start + i, result)
@@ -107,7 +107,32 @@ class KdrunSweeper(Sweeper):
             returns.append(results)
         return returns
 
-    def taken_directories(self, jobs: Sequence[Sequence[str]], sweep_dir: Path) -> str:
+    def checked_configs(self, jobs: Sequence[Sequence[str]]) -> list:
+        """Every job's config, composed once before any job starts: a key or value that the schema refuses
+        in any job stops the sweep here, naming the job, under every launcher."""
+        from kdrun.errors import UserError
+        from kdrun.schema.errors import user_error
+        from kdrun.schema.keys import check_keys
+
+        configs = []
+        for idx, overrides in enumerate(jobs):
+            try:
+                config = self.job_config(idx, overrides)
+                check_keys(config)
+            except Exception as e:
+                error = user_error(e)
+                if not isinstance(error, UserError):
+                    raise
+                values = varying(jobs, idx)
+                where = f" (in job #{idx}{': ' + values if values else ''})" if len(jobs) > 1 else ""
+                from kdrun.results import sweep as state
+
+                state.refuse_sweep()
+                raise UserError(f"{error}{where} The sweep was not started.") from None
+            configs.append(config)
+        return configs
+
+    def taken_directories(self, jobs: Sequence[Sequence[str]], sweep_dir: Path, configs: list) -> str:
         """Why the sweep cannot run ('' when it can): the jobs whose directories hold another's work."""
         from kdrun.results.identity import RunDirTaken, claim, what_it_holds
 
@@ -115,7 +140,7 @@ class KdrunSweeper(Sweeper):
             return ""
         taken = []
         for idx, overrides in enumerate(jobs):
-            job_dir, task_cfg = self.resolved(self.job_config(idx, overrides))
+            job_dir, task_cfg = self.resolved(configs[idx])
             if not job_dir.is_dir():
                 continue
             try:

@@ -22,7 +22,11 @@ def method_class(name: str) -> type[Distiller]:
 
 
 def build_method(cfg: DictConfig, student: nn.Module, teacher: Optional[nn.Module], info: DataInfo) -> Distiller:
-    return method_class(cfg.name)(student, teacher, cfg, info)
+    """The method of a config node, its values checked first (a run checks each stage's once, in
+    kdrun.schedules.spec, and builds with the class itself)."""
+    cls = method_class(cfg.name)
+    cls.validate(cfg)
+    return cls(student, teacher, cfg, info)
 
 
 __all__ = ["METHODS", "Distiller", "build_method", "method_class"]

@@ -23,6 +23,10 @@ import torch.nn as nn
 from kdrun.errors import require
 from kdrun.methods import METHODS
 from kdrun.methods.feature import FeatureDistiller, InitStage, regressor
+from dataclasses import dataclass
+from typing import Optional
+from kdrun.methods.config import WithFeatures
+from kdrun.schema.choice import Choice
 
 CONNECTORS = ("auto", "always")
 INIT_TRAINS = ("feature_layers", "student")
@@ -41,8 +45,29 @@ def connector(s_shape: tuple, t_shape: tuple, kind: str) -> nn.Module:
     return regressor(s_shape, t_shape, relu=False)
 
 
+class Connector(Choice):
+    auto = "auto"
+    always = "always"
+
+
+class InitTrains(Choice):
+    feature_layers = "feature_layers"
+    student = "student"
+
+
+@dataclass
+class ABConfig(WithFeatures):
+    name: str = "ab"
+    ce_weight: Optional[float] = 1.0
+    margin: float = 1.0
+    connector: Connector = Connector.auto
+    init_trains: InitTrains = InitTrains.feature_layers
+
+
 @METHODS.register("ab")
 class ActivationBoundaries(InitStage, FeatureDistiller):
+    Config = ABConfig
+
     term = "ab"
     point = "preact"
 

@@ -13,6 +13,10 @@ import torch.nn.functional as F
 from kdrun.errors import require
 from kdrun.methods import METHODS
 from kdrun.methods.feature import FeatureDistiller, match_spatial
+from dataclasses import dataclass
+from typing import Optional
+from kdrun.methods.config import WithFeatures
+from kdrun.schema.choice import Choice
 
 FORMS = ("repdistiller", "paper")
 
@@ -27,8 +31,24 @@ def at_loss(f_s: torch.Tensor, f_t: torch.Tensor, p: float = 2.0, form: str = "r
     return (attention_map(f_s, p, form) - attention_map(f_t, p, form)).pow(2).mean()
 
 
+class ATForm(Choice):
+    repdistiller = "repdistiller"
+    paper = "paper"
+
+
+@dataclass
+class ATConfig(WithFeatures):
+    name: str = "at"
+    ce_weight: Optional[float] = 1.0
+    beta: float = 1000.0
+    p: float = 2.0
+    form: ATForm = ATForm.repdistiller
+
+
 @METHODS.register("at")
 class AttentionTransfer(FeatureDistiller):
+    Config = ATConfig
+
     @classmethod
     def validate(cls, cfg):
         require(float(cfg.p) > 0, f"method.p (the power of A in the attention map) must be positive, got {cfg.p}.")

@@ -27,7 +27,6 @@ class Distiller(nn.Module):
 
     def __init__(self, student: nn.Module, teacher: Optional[nn.Module], cfg: DictConfig, info: DataInfo):
         super().__init__()
-        type(self).validate(cfg)
         require(teacher is not None or not self.uses_teacher, f"method {cfg.name!r} needs a teacher.")
         self.student = student
         self._teacher = [teacher]  # a list keeps it out of parameters(), state_dict() and .train()
@@ -42,7 +41,8 @@ class Distiller(nn.Module):
 
     @classmethod
     def validate(cls, cfg: DictConfig) -> None:
-        """Check the method's config values; called before any training. Subclasses extend it."""
+        """Check the method's config values (ranges, cross-key rules; the schema has checked the types).
+        Called once per stage before anything is built (kdrun.schedules.spec); subclasses extend it."""
         w = cls.hard_label_weight(cfg)
         require(w >= 0, f"method.ce_weight must be 0 or more, got {w}.")
 

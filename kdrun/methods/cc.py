@@ -14,6 +14,8 @@ from kdrun.errors import require
 from kdrun.methods import METHODS
 from kdrun.methods.weighted import WeightedDistiller, flat, zero_like_graph
 from kdrun.models.features import feature_shapes
+from dataclasses import dataclass
+from kdrun.methods.config import WithFeatures
 
 
 def cc_loss(e_s: torch.Tensor, e_t: torch.Tensor) -> torch.Tensor:
@@ -23,8 +25,17 @@ def cc_loss(e_s: torch.Tensor, e_t: torch.Tensor) -> torch.Tensor:
     return (delta[:-1] * delta[1:]).sum(1).mean()
 
 
+@dataclass
+class CCConfig(WithFeatures):
+    name: str = "cc"
+    beta: float = 0.02
+    feat_dim: int = 128
+
+
 @METHODS.register("cc")
 class CorrelationCongruence(WeightedDistiller):
+    Config = CCConfig
+
     @classmethod
     def validate(cls, cfg):
         super().validate(cfg)

@@ -1,8 +1,19 @@
 """`ce`: the student alone on hard labels (the baseline every KD table starts from)."""
 from kdrun.methods import METHODS
 from kdrun.methods.base import Distiller
+from dataclasses import dataclass
+from typing import Optional
+from kdrun.methods.config import MethodConfig
+
+
+@dataclass
+class CEConfig(MethodConfig):
+    name: str = "ce"
+    ce_weight: Optional[float] = 1.0
 
 
 @METHODS.register("ce")
 class CrossEntropy(Distiller):
+    Config = CEConfig
+
     uses_teacher = False

@@ -24,6 +24,9 @@ from kdrun.errors import require
 from kdrun.methods import METHODS
 from kdrun.methods.weighted import WeightedDistiller, flat
 from kdrun.models.features import feature_shapes
+from dataclasses import dataclass
+from kdrun.methods.config import WithFeatures
+from kdrun.schema.choice import Choice
 
 log = logging.getLogger("kdrun")
 EPS = 1e-7
@@ -112,8 +115,26 @@ class ContrastMemory(nn.Module):
         bank.index_copy_(0, index, F.normalize(mixed, dim=1))
 
 
+class Negatives(Choice):
+    other_classes = "other_classes"
+    uniform = "uniform"
+
+
+@dataclass
+class CRDConfig(WithFeatures):
+    name: str = "crd"
+    beta: float = 0.8
+    feat_dim: int = 128
+    nce_k: int = 16384
+    nce_t: float = 0.07
+    nce_m: float = 0.5
+    negatives: Negatives = Negatives.other_classes
+
+
 @METHODS.register("crd")
 class ContrastiveRepresentation(WeightedDistiller):
+    Config = CRDConfig
+
     @classmethod
     def validate(cls, cfg):
         super().validate(cfg)

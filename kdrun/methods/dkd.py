@@ -12,6 +12,9 @@ import torch.nn.functional as F
 from kdrun.errors import require
 from kdrun.methods import METHODS
 from kdrun.methods.weighted import WeightedDistiller
+from dataclasses import dataclass
+from typing import Optional
+from kdrun.methods.config import WithKD
 
 
 def dkd_terms(s_logits: torch.Tensor, t_logits: torch.Tensor, y: torch.Tensor, T: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,8 +37,19 @@ def dkd_terms(s_logits: torch.Tensor, t_logits: torch.Tensor, y: torch.Tensor, T
     return kl(s_binary, t_binary), kl(s_rest, t_rest)
 
 
+@dataclass
+class DKDConfig(WithKD):
+    name: str = "dkd"
+    ce_weight: Optional[float] = 1.0
+    dkd_alpha: float = 1.0
+    dkd_beta: float = 8.0
+    warmup: int = 20
+
+
 @METHODS.register("dkd")
 class DecoupledKD(WeightedDistiller):
+    Config = DKDConfig
+
     @classmethod
     def validate(cls, cfg):
         super().validate(cfg)

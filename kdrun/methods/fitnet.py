@@ -19,6 +19,10 @@ from kdrun.errors import UserError, require
 from kdrun.methods import METHODS
 from kdrun.methods.feature import FeatureDistiller, InitStage, regressor
 from kdrun.models.maxout import MaxoutConv
+from dataclasses import dataclass
+from typing import Optional
+from kdrun.methods.config import WithFeatures
+from kdrun.schema.choice import Choice
 
 REGRESSORS = ("conv_bn_relu", "maxout")
 
@@ -31,8 +35,23 @@ def second(paths: list[str], model=None) -> list[str]:
     return [paths[min(1, len(paths) - 1)]]
 
 
+class Regressor(Choice):
+    conv_bn_relu = "conv_bn_relu"
+    maxout = "maxout"
+
+
+@dataclass
+class FitNetConfig(WithFeatures):
+    name: str = "fitnet"
+    ce_weight: Optional[float] = 1.0
+    beta: float = 100.0
+    regressor: Regressor = Regressor.conv_bn_relu
+
+
 @METHODS.register("fitnet")
 class FitNet(InitStage, FeatureDistiller):
+    Config = FitNetConfig
+
     term = "fitnet"
     init_term = "fitnet_hint"
 

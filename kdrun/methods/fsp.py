@@ -19,6 +19,9 @@ from kdrun.errors import require
 from kdrun.methods import METHODS
 from kdrun.methods.feature import FeatureDistiller, InitStage, default_points, match_spatial
 from kdrun.models.features import feature_points, resolve
+from dataclasses import dataclass
+from typing import Optional
+from kdrun.methods.config import WithFeatures
 
 
 def fsp_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -42,8 +45,16 @@ def default_maps(model: nn.Module, role: str) -> list[str]:
     return ([f"{stages[0]}:in"] if block else []) + stages
 
 
+@dataclass
+class FSPConfig(WithFeatures):
+    name: str = "fsp"
+    ce_weight: Optional[float] = 1.0
+
+
 @METHODS.register("fsp")
 class FSP(InitStage, FeatureDistiller):
+    Config = FSPConfig
+
     term = "fsp"
 
     def __init__(self, student, teacher, cfg, info):

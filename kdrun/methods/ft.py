@@ -25,6 +25,10 @@ import torch.nn.functional as F
 from kdrun.errors import require
 from kdrun.methods import METHODS
 from kdrun.methods.feature import FeatureDistiller, InitStage, match_spatial
+from dataclasses import dataclass
+from typing import Optional
+from kdrun.methods.config import WithFeatures
+from kdrun.schema.choice import Choice
 
 FORMS = ("repdistiller", "paper")
 RECONSTRUCTIONS = ("auto", "mse", "relative")
@@ -70,8 +74,31 @@ def ft_loss(factor_s: torch.Tensor, factor_t: torch.Tensor, form: str = "repdist
     return F.l1_loss(F.normalize(factor_s.flatten(1), dim=1), F.normalize(factor_t.flatten(1), dim=1))
 
 
+class FTForm(Choice):
+    repdistiller = "repdistiller"
+    paper = "paper"
+
+
+class Reconstruction(Choice):
+    auto = "auto"
+    mse = "mse"
+    relative = "relative"
+
+
+@dataclass
+class FTConfig(WithFeatures):
+    name: str = "ft"
+    ce_weight: Optional[float] = 1.0
+    beta: float = 200.0
+    rate: float = 0.5
+    form: FTForm = FTForm.repdistiller
+    reconstruction: Reconstruction = Reconstruction.auto
+
+
 @METHODS.register("ft")
 class FactorTransfer(InitStage, FeatureDistiller):
+    Config = FTConfig
+
     @classmethod
     def validate(cls, cfg):
         require(0 < float(cfg.rate) <= 1,

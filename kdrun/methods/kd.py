@@ -23,6 +23,10 @@ from kdrun.methods import METHODS
 from kdrun.methods.base import Distiller
 from kdrun.models import MODELS
 from kdrun.models.ensemble import ENSEMBLE_MEANS, TeacherEnsemble, ensemble_probs
+from dataclasses import dataclass, field
+from typing import List, Optional
+from kdrun.methods.config import MethodConfig
+from kdrun.schema.choice import Choice
 
 VARIANTS = (None, "cwtm", "dkpp")
 
@@ -79,8 +83,31 @@ def check_anneal(cfg) -> None:
             "1 - alpha: set method.ce_weight (e.g. 1.0).")
 
 
+class EnsembleMean(Choice):
+    arithmetic = "arithmetic"
+    geometric = "geometric"
+
+
+class KDVariant(Choice):
+    cwtm = "cwtm"
+    dkpp = "dkpp"
+
+
+@dataclass
+class KDConfig(MethodConfig):
+    name: str = "kd"
+    T: float = 4.0
+    alpha: float = 0.9
+    alpha_anneal: Optional[List[float]] = None  # [start, end, final]
+    teachers: List[str] = field(default_factory=list)
+    ensemble: EnsembleMean = EnsembleMean.arithmetic
+    variant: Optional[KDVariant] = None
+
+
 @METHODS.register("kd")
 class KD(Distiller):
+    Config = KDConfig
+
     @classmethod
     def validate(cls, cfg):
         check_temperature_and_alpha(cfg)

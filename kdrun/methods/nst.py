@@ -12,6 +12,9 @@ import torch.nn.functional as F
 from kdrun.errors import require
 from kdrun.methods import METHODS
 from kdrun.methods.feature import FeatureDistiller, match_spatial
+from dataclasses import dataclass
+from typing import Optional
+from kdrun.methods.config import WithFeatures
 
 
 def poly_kernel(a: torch.Tensor, b: torch.Tensor, degree: float, c: float) -> torch.Tensor:
@@ -27,8 +30,19 @@ def nst_loss(f_s: torch.Tensor, f_t: torch.Tensor, degree: float = 2.0, c: float
             - 2 * poly_kernel(s, t, degree, c).mean())
 
 
+@dataclass
+class NSTConfig(WithFeatures):
+    name: str = "nst"
+    ce_weight: Optional[float] = 1.0
+    beta: float = 50.0
+    degree: float = 2.0
+    c: float = 0.0
+
+
 @METHODS.register("nst")
 class NeuronSelectivityTransfer(FeatureDistiller):
+    Config = NSTConfig
+
     @classmethod
     def validate(cls, cfg):
         require(float(cfg.degree) > 0, f"method.degree (of the polynomial kernel) must be positive, got {cfg.degree}.")

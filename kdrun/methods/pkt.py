@@ -9,6 +9,8 @@ import torch
 
 from kdrun.methods import METHODS
 from kdrun.methods.weighted import WeightedDistiller, flat
+from dataclasses import dataclass
+from kdrun.methods.config import WithFeatures
 
 EPS = 1e-7
 
@@ -25,8 +27,16 @@ def pkt_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
     return (p_t * torch.log((p_t + EPS) / (p_s + EPS))).mean()
 
 
+@dataclass
+class PKTConfig(WithFeatures):
+    name: str = "pkt"
+    beta: float = 30000.0
+
+
 @METHODS.register("pkt")
 class ProbabilisticKnowledgeTransfer(WeightedDistiller):
+    Config = PKTConfig
+
     def __init__(self, student, teacher, cfg, info):
         super().__init__(student, teacher, cfg, info)
         self.s_path, self.t_path = self.single_path("student"), self.single_path("teacher")

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from kdrun.errors import require
 from kdrun.methods import METHODS
 from kdrun.methods.weighted import WeightedDistiller, flat, zero_like_graph
+from dataclasses import dataclass
+from kdrun.methods.config import WithFeatures
 
 
 def normalised_distances(e: torch.Tensor) -> torch.Tensor:
@@ -35,8 +37,17 @@ def rkd_terms(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch
     return distance, angle
 
 
+@dataclass
+class RKDConfig(WithFeatures):
+    name: str = "rkd"
+    distance_weight: float = 25.0
+    angle_weight: float = 50.0
+
+
 @METHODS.register("rkd")
 class RelationalKD(WeightedDistiller):
+    Config = RKDConfig
+
     @classmethod
     def validate(cls, cfg):
         super().validate(cfg)

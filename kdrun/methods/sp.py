@@ -9,6 +9,8 @@ import torch.nn.functional as F
 
 from kdrun.methods import METHODS
 from kdrun.methods.weighted import WeightedDistiller, flat
+from dataclasses import dataclass
+from kdrun.methods.config import WithFeatures
 
 
 def batch_similarity(f: torch.Tensor) -> torch.Tensor:
@@ -21,8 +23,16 @@ def sp_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
     return (batch_similarity(f_t) - batch_similarity(f_s)).pow(2).sum() / (b * b)
 
 
+@dataclass
+class SPConfig(WithFeatures):
+    name: str = "sp"
+    beta: float = 3000.0
+
+
 @METHODS.register("sp")
 class SimilarityPreserving(WeightedDistiller):
+    Config = SPConfig
+
     def __init__(self, student, teacher, cfg, info):
         super().__init__(student, teacher, cfg, info)
         self.s_paths, self.t_paths = self.paired_paths("stages", lambda p: p[-1:])

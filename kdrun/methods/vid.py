@@ -18,6 +18,8 @@ from kdrun.errors import require
 from kdrun.methods import METHODS
 from kdrun.methods.weighted import WeightedDistiller
 from kdrun.models.features import feature_shapes
+from dataclasses import dataclass
+from kdrun.methods.config import WithFeatures
 
 
 def as_map(x: torch.Tensor) -> torch.Tensor:
@@ -52,8 +54,17 @@ class VariationalRegressor(nn.Module):
         return gaussian_nll(self.mean(s), t, self.log_scale, self.eps)
 
 
+@dataclass
+class VIDConfig(WithFeatures):
+    name: str = "vid"
+    init_variance: float = 5.0
+    eps: float = 1.0e-5
+
+
 @METHODS.register("vid")
 class VariationalInformation(WeightedDistiller):
+    Config = VIDConfig
+
     @classmethod
     def validate(cls, cfg):
         super().validate(cfg)

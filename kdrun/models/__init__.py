@@ -60,8 +60,7 @@ def model_defaults(name: str) -> dict:
 def build_model(cfg: DictConfig, info: DataInfo, role: Optional[str] = None) -> nn.Module:
     """The model of a config node (`teacher`, `student`, or a stage's model) for the dataset's shapes.
     Its arguments are checked by its constructor (kdrun.models.args); `role` names the node in messages
-    (by default the node's key in the run's config)."""
-    role = role or _role(cfg)
+    (`teacher`, `student`; None for a stage's own model)."""
     label = model_label(cfg)
     shape = dict(num_classes=info.num_classes, in_channels=info.channels, image_size=info.image_size)
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in NODE_KEYS}
@@ -87,11 +86,6 @@ def build_model(cfg: DictConfig, info: DataInfo, role: Optional[str] = None) -> 
         given = ", ".join(f"{k}={args.show(v)}" for k, v in kwargs.items())
         raise UserError(f"{who} cannot be built with {given} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
                         f"Check the values you gave its arguments; `kdrun --cfg job` shows them.") from None
-
-
-def _role(cfg: DictConfig) -> Optional[str]:
-    key = cfg._key() if isinstance(cfg, DictConfig) else None
-    return str(key) if key in ("teacher", "student") else None
 
 
 DATASET_KEYS = {"num_classes": "dataset.num_classes", "in_channels": "dataset.channels",

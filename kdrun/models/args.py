@@ -2,7 +2,7 @@
 
 A constructor checks its own arguments with these before it builds anything; `build_model` turns the
 error into a message that names the config key (`student.dropout=1.5: student=mlp takes ...`), since
-only it knows the model's role. Types are config_check's (against the config's defaults).
+only it knows the model's role. Types are the schema's (kdrun.schema.models, from the constructors' signatures).
 """
 from __future__ import annotations
 

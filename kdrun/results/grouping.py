@@ -158,6 +158,8 @@ def display(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, tuple):
         return "[" + ", ".join(display(v) for v in value) + "]"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # as typed: `method.T=4`, which the schema keeps as 4.0
     return str(value)
 
 

@@ -128,6 +128,8 @@ def _show(value: Any) -> str:
         return "null"
     if isinstance(value, tuple):
         return "[" + ",".join(_show(v) for v in value) + "]"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
     return str(value)
 
 

@@ -142,10 +142,11 @@ class ScheduleRunner:
             model = None if stage.fresh else instances.get(stage.model)
             if model is None:
                 model_cfg = self.model_cfg(stage)
-                model = build_model(model_cfg, info).to(device)
+                role = "student" if stage.model == "student" else None
+                model = build_model(model_cfg, info, role).to(device)
                 who = f"student={model_label(model_cfg)}" if stage.model == "student" else \
                     f"{stage.model} (stage {stage.name})"
-                require_input_size(model, lambda sized, c=model_cfg: build_model(c, sized), info, who, device,
+                require_input_size(model, lambda sized, c=model_cfg, r=role: build_model(c, sized, r), info, who, device,
                                    zoo=not model_cfg.get("_target_"))
                 instances[stage.model] = model
             method_cls = method_class(str(stage.method_cfg.name))
@@ -191,7 +192,8 @@ class ScheduleRunner:
         torch.manual_seed(epoch_seed(self.seed, stage.name, 0))
         model_cfg = self.model_cfg(stage)
         if stage.fresh or stage.model not in self.instances:
-            model, start_key = build_model(model_cfg, self.data.info).to(self.data.device), None
+            role = "student" if stage.model == "student" else None
+            model, start_key = build_model(model_cfg, self.data.info, role).to(self.data.device), None
         else:
             model, start_key = self.instances[stage.model]
             model.requires_grad_(True)  # it may have served as a teacher (frozen) in between

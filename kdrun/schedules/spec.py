@@ -14,13 +14,12 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
+from omegaconf.errors import OmegaConfBaseException
 
 from kdrun.errors import UserError, require
 from kdrun.methods import METHODS, method_class
 from kdrun.models import MODELS
 from kdrun.training.recipe import Recipe
-from kdrun.training.speed import with_speed_keys
 
 TEACHERS = ("teacher", "previous", "none")
 PHASES = ("main", "init")
@@ -54,8 +53,8 @@ def expand(entries: list, where: str, sources: Optional[dict[int, str]] = None) 
     out, negative = [], None
     for n, entry in enumerate(entries):
         require(isinstance(entry, dict), f"{where}[{n}] must be a mapping of stage keys ({', '.join(SPEC_KEYS)}).")
-        if "for_each" not in entry:
-            out.append(entry)
+        if entry.get("for_each") is None:
+            out.append({k: v for k, v in entry.items() if k != "for_each"})
             continue
         items = entry["for_each"]
         label = sources.get(n, f"{where}[{n}].for_each")
@@ -96,14 +95,14 @@ def _show(value: Any) -> str:
 
 
 def require_complete(cfg: DictConfig) -> None:
-    """Values a config leaves open (`???`, e.g. takd's `schedule.assistants`) must be given."""
+    """Values a config leaves open (`???`, e.g. takd's `schedule.assistants`) must be given, and every
+    interpolation must resolve."""
+    from kdrun.schema.errors import user_error
+
     try:
-        OmegaConf.to_container(cfg, resolve=True)
-    except (MissingMandatoryValue, InterpolationToMissingValueError) as e:
-        missing = str(e).splitlines()[0].rpartition("Missing mandatory value: ")[2]
-        raise UserError(f"The config leaves {missing} open: set it on the command line (e.g. "
-                        f"schedule.assistants=[resnet20] for schedule=takd; the schedule's file in "
-                        f"conf/schedule/ says what each key means).") from None
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as e:
+        raise user_error(e) from None
 
 
 def parse_stage(entry: dict, where: str) -> Stage:
@@ -159,14 +158,23 @@ def build_stages(cfg: DictConfig) -> list[Stage]:
         names.add(stage.name)
         if not stages and stage.teacher == "previous":  # the first stage's predecessor is the run's teacher
             stage = replace(stage, teacher="teacher")
-        recipe_node = with_speed_keys(resolve_node(cfg, stage.recipe, "recipe", here), cfg.get("train"))
-        recipe = Recipe.from_config(recipe_node, stage.recipe)
+        recipe = stage_recipe(cfg, stage.recipe, here)
         stage = replace(stage, method_cfg=method_cfg, train_recipe=recipe)
         check_stage(stage, here)
         stages.append(stage)
     require(stages, f"{where}: every stage is `only_for` other methods than {OmegaConf.select(cfg, 'method.name')!r}; a schedule "
                     f"needs at least one stage for the run's method.")
     return stages
+
+
+def stage_recipe(cfg: DictConfig, path: str, where: str) -> Recipe:
+    """The recipe at `path`: a node typed `Recipe` (`train`, `teacher.train`) is a whole recipe; any other
+    (a `RecipeDelta` such as schedule.hint, or a plain mapping) holds the keys in which the stage differs
+    from `train`."""
+    node = resolve_node(cfg, path, "recipe", where)
+    if OmegaConf.get_type(node) is Recipe:
+        return Recipe.from_config(node, path)
+    return Recipe.from_config(cfg.train, path, delta=node)
 
 
 def check_stage(stage: Stage, where: str) -> None:

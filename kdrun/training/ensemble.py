@@ -39,8 +39,8 @@ def teacher_label(cfg: DictConfig) -> str:
 
 def build_teacher(cfg: DictConfig, info: DataInfo) -> nn.Module:
     if not cfg.method.get("teachers"):
-        return build_model(cfg.teacher, info)
-    members = [build_model(m.teacher, info) for m in member_configs(cfg)]
+        return build_model(cfg.teacher, info, "teacher")
+    members = [build_model(m.teacher, info, "teacher") for m in member_configs(cfg)]
     return TeacherEnsemble(members, str(cfg.method.get("ensemble", "arithmetic")))
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field, fields
-from typing import Callable, Optional
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import Any, Callable, List, Optional, get_type_hints
 
 import torch
 import torch.nn as nn
@@ -14,50 +14,83 @@ from omegaconf import DictConfig, OmegaConf
 from kdrun.data.augment import build_augment
 from kdrun.data.base import Dataset
 from kdrun.errors import UserError, require
+from kdrun.schema.choice import Choice, plain
 from kdrun.training.speed import RUNTIME_KEYS, check_precision, parse_switch
 
-OPTIMIZERS = ("sgd", "rmsprop")
-LR_DECAYS = ("step", "linear")
+class Optimizer(Choice):
+    sgd = "sgd"
+    rmsprop = "rmsprop"
 
 
-@dataclass(frozen=True)
+class LrDecay(Choice):
+    step = "step"  # x gamma at each milestone
+    linear = "linear"  # from lr in epoch 1 to lr * gamma in epoch milestones[0]
+
+
+class Precision(Choice):
+    auto = "auto"  # bf16 on CUDA and on CPUs with native bf16, else fp32
+    bf16 = "bf16"
+    fp32 = "fp32"
+
+
+@dataclass
 class Recipe:
+    """The schema of `train`, `teacher.train` (and, as a `RecipeDelta`, of a stage's recipe), and the
+    recipe a stage trains with (`Recipe.from_config`)."""
     epochs: int = 30
     batch_size: int = 64
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    milestones: tuple[int, ...] = field(default_factory=tuple)
+    milestones: Optional[List[int]] = field(default_factory=lambda: [20, 25])  # null: none
     gamma: float = 0.1
     nesterov: bool = False
-    optimizer: str = "sgd"
+    optimizer: Optimizer = Optimizer.sgd  # sgd | rmsprop (torch RMSprop: alpha rmsprop_decay, eps rmsprop_eps)
     # pylearn2's RMSProp(decay=0.9, max_scaling=1e5) divides by max(rms, 1e-5); torch divides by rms + eps.
     rmsprop_decay: float = 0.9
     rmsprop_eps: float = 1e-5
-    lr_decay: str = "step"
-    momentum_ramp: Optional[tuple[int, float]] = None  # (last epoch of the ramp, final momentum)
+    lr_decay: LrDecay = LrDecay.step
+    momentum_ramp: Optional[List[float]] = None  # [E, m]: momentum rises linearly to m in epoch E, then stays
     # The training batches' augmentation (dataset.augment's keys) in place of the dataset's; None: the dataset's.
-    augment: Optional[dict] = None
+    augment: Any = None  # a group of dataset.augment's keys; build_augment names a wrong one
     # How fast, not what: speed and rounding only (kdrun.training.speed); not in the teacher cache key.
-    precision: str = "auto"
-    channels_last: str = "auto"
+    precision: Precision = Precision.auto
+    channels_last: Any = "auto"  # auto | true | false
     compile: bool = False
-    cache_teacher: str = "auto"
+    cache_teacher: Any = "auto"  # auto | true | false
+
+    def __post_init__(self) -> None:
+        self.milestones = tuple(int(m) for m in self.milestones or ())
+        if self.momentum_ramp is not None and len(self.momentum_ramp) == 2 and float(self.momentum_ramp[0]).is_integer():
+            self.momentum_ramp = (int(self.momentum_ramp[0]), float(self.momentum_ramp[1]))
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, where: str = "train") -> "Recipe":
-        values = OmegaConf.to_container(cfg, resolve=True)
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"Unknown key(s) {unknown} in {where}. Valid keys: {sorted(known)}.")
-        check_types(values, where)
-        values["milestones"] = tuple(int(m) for m in values.get("milestones") or ())
-        if values.get("momentum_ramp") is not None:
-            values["momentum_ramp"] = (int(values["momentum_ramp"][0]), float(values["momentum_ramp"][1]))
-        if values.get("augment") is not None:
-            build_augment(values["augment"], f"{where}.augment")  # the user's mistakes named now, not mid-run
-        r = cls(**values)
+    def from_config(cls, node: DictConfig, where: str = "train", delta: Optional[DictConfig] = None) -> "Recipe":
+        """The recipe of a config node (typed by this schema), with a stage's `delta` (a `RecipeDelta`:
+        its non-null keys) over it; checked for ranges and cross-key rules."""
+        from kdrun.schema.errors import user_error
+
+        values = OmegaConf.to_container(node, resolve=True)
+        if delta is not None:
+            values.update({k: v for k, v in OmegaConf.to_container(delta, resolve=True).items() if v is not None})
+        try:  # a node that the schema did not type at composition (a user's own schedule) is typed here
+            r = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), values))
+        except Exception as e:
+            raise user_error(e, prefix=where) from None
+        r.check(where)
+        return r
+
+    def check(self, where: str) -> None:
+        r = self
+        if r.augment is not None:
+            build_augment(r.augment, f"{where}.augment")  # the user's mistakes named now, not mid-run
+        for key in ("lr", "momentum", "weight_decay", "gamma", "rmsprop_decay", "rmsprop_eps"):
+            require(math.isfinite(getattr(r, key)), f"{where}.{key}={getattr(r, key)}: expected a finite number.")
+        if r.momentum_ramp is not None:
+            require(len(r.momentum_ramp) == 2 and float(r.momentum_ramp[0]).is_integer()
+                    and math.isfinite(r.momentum_ramp[1]),
+                    f"{where}.momentum_ramp={numbers(r.momentum_ramp)}: expected null or [last epoch, final momentum], "
+                    f"e.g. [250, 0.7].")
         require(float(r.gamma) > 0, f"{where}.gamma must be positive, got {r.gamma}.")
         require(all(m >= 1 for m in r.milestones), f"{where}.milestones are epochs, 1 or more: got {list(r.milestones)}.")
         require(int(r.epochs) >= 1, f"{where}.epochs must be at least 1, got {r.epochs}.")
@@ -71,7 +104,7 @@ class Recipe:
         check_precision(r.precision, f"{where}.precision")
         for key in ("channels_last", "compile", "cache_teacher"):
             parse_switch(getattr(r, key), f"{where}.{key}")
-        return r
+
 
     def make_optimizer(self, params, model: Optional[nn.Module] = None) -> torch.optim.Optimizer:
         """The optimiser of `params`. Those owned by a module of `model` with an `lr_scale` attribute get
@@ -113,7 +146,7 @@ class Recipe:
 
     def as_dict(self) -> dict:
         """The keys that decide what is computed (the teacher cache key): the speed keys are left out."""
-        d = {k: v for k, v in self.__dict__.items() if k not in RUNTIME_KEYS and not self.left_out_of_key(k)}
+        d = {k: plain(v) for k, v in self.__dict__.items() if k not in RUNTIME_KEYS and not self.left_out_of_key(k)}
         d["milestones"] = list(self.milestones)
         if "momentum_ramp" in d:
             d["momentum_ramp"] = list(self.momentum_ramp)
@@ -129,6 +162,24 @@ class Recipe:
 
 LATER_KEYS = {f.name: f.default for f in fields(Recipe)
               if f.name in ("optimizer", "rmsprop_decay", "rmsprop_eps", "lr_decay", "momentum_ramp", "augment")}
+
+
+def numbers(values) -> str:
+    """[5, 0.9] as typed: whole floats without their ".0" (the schema reads [5] as [5.0])."""
+    return "[" + ", ".join(str(int(v)) if float(v).is_integer() else str(v) for v in values) + "]"
+
+
+def recipe_delta() -> type:
+    """The schema of a stage's recipe (`schedule.hint`, `schedule.gen`, ...): every key of `Recipe`, null by
+    default, meaning "as `train`"; the keys it sets replace train's for that stage."""
+    hints = get_type_hints(Recipe)
+    delta = make_dataclass("RecipeDelta", [(f.name, Optional[hints[f.name]], field(default=None))
+                                           for f in fields(Recipe)])
+    delta.__module__ = __name__  # pickled by reference, as kdrun.training.recipe.RecipeDelta
+    return delta
+
+
+RecipeDelta = recipe_delta()
 
 
 def linear_decay(gamma: float, last: int) -> Callable[[int], float]:
@@ -192,42 +243,3 @@ def check_momentum_ramp(r: Recipe, where: str) -> None:
     require(r.momentum > 0 or not (r.optimizer == "rmsprop" or r.nesterov),
             f"{where}.momentum_ramp with {where}.optimizer={r.optimizer}"
             f"{' and nesterov' if r.nesterov else ''} needs a positive starting {where}.momentum, got 0.")
-
-
-INT_KEYS = ("epochs", "batch_size")
-NUMBER_KEYS = ("lr", "momentum", "weight_decay", "gamma", "rmsprop_decay", "rmsprop_eps")
-CHOICE_KEYS = {"optimizer": OPTIMIZERS, "lr_decay": LR_DECAYS}
-
-
-def check_types(values: dict, where: str) -> None:
-    """A wrong type (`train.epochs=abc`, `train.lr=[1]`) is the user's to fix: name the key."""
-    def wrong(key: str, expected: str) -> None:
-        raise UserError(f"{where}.{key}={values[key]}: expected {expected}.")
-
-    for key in INT_KEYS:
-        if key in values and not is_int(values[key]):
-            wrong(key, "an integer")
-    for key in NUMBER_KEYS:
-        v = values.get(key, 0.0)
-        if not is_number(v) or not math.isfinite(v):
-            wrong(key, "a finite number")
-    for key, choices in CHOICE_KEYS.items():
-        if key in values and values[key] not in choices:
-            wrong(key, f"one of {', '.join(choices)}")
-    if "nesterov" in values and not isinstance(values["nesterov"], bool):
-        wrong("nesterov", "true or false")
-    milestones = values.get("milestones")
-    if milestones is not None and not (isinstance(milestones, list) and all(is_int(m) for m in milestones)):
-        wrong("milestones", "a list of epochs, e.g. [20,25] or []")
-    ramp = values.get("momentum_ramp")
-    if ramp is not None and not (isinstance(ramp, list) and len(ramp) == 2 and is_int(ramp[0])
-                                 and is_number(ramp[1]) and math.isfinite(ramp[1])):
-        wrong("momentum_ramp", "null or [last epoch, final momentum], e.g. [250, 0.7]")
-
-
-def is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -177,16 +177,3 @@ def end_epoch(distiller: nn.Module) -> None:
     """After a full epoch every training example has passed once: the teacher cache is complete."""
     if getattr(distiller, "teacher_cache", None) is not None:
         distiller.teacher_cache.epoch_done()
-
-
-def with_speed_keys(recipe_node, train_node):
-    """A stage's recipe node with the speed keys it does not set taken from `train` (so that
-    `train.precision=fp32` holds for every stage of a schedule)."""
-    from omegaconf import OmegaConf
-
-    if train_node is None:
-        return recipe_node
-    missing = {k: train_node[k] for k in RUNTIME_KEYS if k not in recipe_node and k in train_node}
-    if not missing:
-        return recipe_node
-    return OmegaConf.create({**OmegaConf.to_container(recipe_node, resolve=True), **missing})

@@ -144,7 +144,7 @@ def teacher_seed(cfg: DictConfig) -> int:
 
 def train_teacher(cfg: DictConfig, data: Dataset, recipe: Recipe, seed: int, progress: bool,
                   partial: Path, key: str) -> tuple[nn.Module, float]:
-    model = build_model(cfg.teacher, data.info).to(data.device)
+    model = build_model(cfg.teacher, data.info, "teacher").to(data.device)
     torch.manual_seed(seed)
     trainer = method_class("ce")(model, None, OmegaConf.create({"name": "ce"}), data.info)
     result = fit(trainer, data, recipe, stage="teacher", seed=seed, checkpoint=partial, progress=progress,

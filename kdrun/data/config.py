@@ -1,0 +1,43 @@
+"""The datasets' schemas (`dataset=NAME`): what every dataset has, and each dataset's own keys."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class Whiten:
+    gcn_scale: Optional[float] = None  # global contrast normalisation: each image to zero mean and this L2 norm
+    zca_bias: Optional[float] = None  # ZCA whitening fitted on the training split, with this added to the diagonal
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    root: Optional[str] = None  # where the files are read from and downloaded to
+    download: bool = False  # true: fetch the official archives when the files are missing
+    train_size: Optional[int] = None  # use only the first N training examples
+    test_size: Optional[int] = None  # use only the first N test examples
+    val_size: int = 0  # hold out N training examples for validation (val_acc in metrics.json)
+    whiten: Optional[Whiten] = field(default_factory=Whiten)  # null: off
+    # On the device, on whole training batches (kdrun.data.augment: crop_padding, padding_mode, flip,
+    # translate); null switches all off. Open: a dataset lists the augmentations it uses.
+    augment: Any = None
+
+
+@dataclass
+class SyntheticConfig(DatasetConfig):
+    name: str = "synthetic"
+    train_size: Optional[int] = 512
+    test_size: Optional[int] = 256
+    channels: int = 3
+    image_size: int = 32
+    num_classes: int = 10
+    noise: float = 1.0  # noise std relative to the class prototypes
+    data_seed: int = 0
+
+
+SCHEMAS = {"digits": DatasetConfig, "synthetic": SyntheticConfig, "mnist": DatasetConfig, "cifar10": DatasetConfig,
+           "cifar100": DatasetConfig}

@@ -1,0 +1,71 @@
+"""The schedules' schemas (`schedule=NAME`). A stage's recipe (`schedule.hint`, `schedule.gen`, ...) is
+a `RecipeDelta`: only the keys it sets differ from `train` for that stage."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+from kdrun.methods.kd import KDConfig
+from kdrun.training.recipe import RecipeDelta
+
+
+@dataclass
+class StageEntry:
+    """One entry of `schedule.stages` (kdrun.schedules.spec.Stage says what each key does)."""
+    name: str = MISSING
+    for_each: Any = None  # a list or a count: the entry is a template of one stage per item
+    model: str = "student"
+    fresh: bool = False
+    teacher: str = "previous"
+    method: Any = "method"
+    phase: str = "main"
+    recipe: str = "train"
+    cache: bool = False
+    ensemble: bool = False
+    only_for: Optional[List[str]] = None
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = MISSING
+    stages: List[StageEntry] = MISSING
+
+
+@dataclass
+class InitThenTrainSchedule(ScheduleConfig):
+    init: RecipeDelta = field(default_factory=RecipeDelta)  # the recipe of the initialisation stage
+
+
+@dataclass
+class RepDistillerSchedule(ScheduleConfig):
+    init: RecipeDelta = field(default_factory=RecipeDelta)
+    init_lr: Dict[str, Dict[str, float]] = field(default_factory=dict)  # method -> student -> init lr
+
+
+def kd_stage_loss() -> KDConfig:
+    return KDConfig(T="${oc.select:method.T,4.0}", alpha=0.9)  # type: ignore[arg-type]
+
+
+@dataclass
+class FitNetSchedule(ScheduleConfig):
+    hint: RecipeDelta = field(default_factory=RecipeDelta)
+    kd: RecipeDelta = field(default_factory=RecipeDelta)
+    kd_loss: KDConfig = field(default_factory=kd_stage_loss)
+
+
+@dataclass
+class TAKDSchedule(ScheduleConfig):
+    assistants: List[str] = MISSING
+    assistant: RecipeDelta = field(default_factory=RecipeDelta)
+
+
+@dataclass
+class BANSchedule(ScheduleConfig):
+    generations: int = 3
+    gen: RecipeDelta = field(default_factory=RecipeDelta)
+
+
+SCHEMAS = {"single": ScheduleConfig, "init_then_train": InitThenTrainSchedule, "repdistiller": RepDistillerSchedule,
+           "fitnet": FitNetSchedule, "takd": TAKDSchedule, "ban": BANSchedule}

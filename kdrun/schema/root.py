@@ -1,0 +1,32 @@
+"""The top level of kdrun's config: `kdrun --cfg job` prints it composed."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+from kdrun.schema.models import own_teacher
+from kdrun.training.recipe import Recipe
+
+
+@dataclass
+class PerPair:
+    """Published values that differ by teacher -> student pair, set by a `pair=...` preset and read by the
+    method keys that interpolate them (conf/method/dkd.yaml)."""
+    dkd_beta: float = 8.0  # mdistiller's DKD.BETA: its default, or the pair's value (conf/pair/*.yaml)
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (auto takes a GPU when there is one)
+    progress: Any = "auto"  # live progress display: auto (on a terminal only) | true | false
+    cache_dir: str = "${oc.env:KDRUN_CACHE_DIR,outputs/cache}"  # trained teachers are kept under here
+    train: Recipe = field(default_factory=Recipe)  # the student's recipe (a schedule's stages may refine it)
+    dataset: Any = MISSING
+    teacher: Any = field(default_factory=own_teacher)  # a teacher=NAME schema, or your own (_target_)
+    student: Any = MISSING
+    method: Any = MISSING
+    schedule: Any = MISSING
+    per_pair: PerPair = field(default_factory=PerPair)

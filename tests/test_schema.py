@@ -1,0 +1,107 @@
+"""The config's schema: OmegaConf checks types and keys as Hydra composes, once, in every launcher; kdrun
+composes nothing of its own and uses no private Hydra API."""
+import re
+from pathlib import Path
+
+import pytest
+from hydra._internal.config_loader_impl import ConfigLoaderImpl  # the test counts Hydra's compositions
+
+from conftest import QUICK, REPO, compose_config, read_json, run_dirs
+from inprocess import kdrun_in_process, one_cpu_thread  # noqa: F401  (autouse fixture)
+from kdrun.methods.kd import KD
+from kdrun.schema.models import model_schema
+
+
+@pytest.fixture
+def compositions(monkeypatch):
+    """How often the config is composed (Hydra's config loader: a run's config, a sweep job's config)."""
+    calls = []
+    for name in ("load_configuration", "load_sweep_config"):
+        original = getattr(ConfigLoaderImpl, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(ConfigLoaderImpl, name, counted)
+    return calls
+
+
+def test_a_run_is_composed_once(tmp_path, monkeypatch, capsys, compositions):
+    code, out = kdrun_in_process([*QUICK, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, monkeypatch, capsys)
+    assert code == 0, out
+    # Hydra's own two (hydra.main reads the mode from one, runs the other), and nothing of kdrun's
+    assert compositions == ["load_configuration"] * 2
+
+
+def test_a_sweep_composes_each_job_before_any_starts_and_once_more_to_launch_it(tmp_path, monkeypatch, capsys,
+                                                                                 compositions):
+    code, out = kdrun_in_process(["-m", *QUICK, "method.T=2,4", f"hydra.sweep.dir={tmp_path / 's'}"], tmp_path,
+                                 monkeypatch, capsys)
+    assert code == 0, out
+    # Hydra: the sweep's config, then each job's as its launcher starts it; kdrun's sweeper: each job's
+    # once, before any starts (a key or value the schema refuses in any job stops the whole sweep).
+    assert compositions.count("load_sweep_config") == 4
+
+
+def test_the_method_is_validated_once_per_stage(tmp_path, monkeypatch, capsys):
+    calls = []
+    original = KD.validate.__func__
+    monkeypatch.setattr(KD, "validate", classmethod(lambda cls, cfg: calls.append(1) or original(cls, cfg)))
+    code, out = kdrun_in_process([*QUICK, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, monkeypatch, capsys)
+    assert code == 0, out
+    assert len(calls) == 1
+
+
+def test_the_issues_examples(tmp_path, monkeypatch, capsys):
+    convnets = [o for o in QUICK if not o.startswith(("teacher", "student"))] + [
+        "student=resnet8", "teacher=resnet8", "teacher.train.epochs=1", "teacher.train.batch_size=32"]
+    code, out = kdrun_in_process([*convnets, "method=nst", "method.degree=2.5", f"hydra.run.dir={tmp_path / 'nst'}"],
+                                 tmp_path, monkeypatch, capsys)
+    assert code == 0, out
+    assert read_json(tmp_path / "nst" / "metrics.json")["status"] == "completed"
+    for override, needle in [("method.alpha_anneal=banana", "method.alpha_anneal=banana: expected a list of numbers"),
+                             ("teacher.checkpoint=[1,2]", "teacher.checkpoint=[1,2]: expected a string or null")]:
+        code, out = kdrun_in_process([*QUICK, override], tmp_path, monkeypatch, capsys)
+        assert code == 2 and needle in out and "Traceback" not in out, out
+
+
+@pytest.mark.parametrize("launcher", ["local_gpus", "submitit_local"])
+def test_a_mistyped_key_stops_a_sweep_under_every_launcher(tmp_path, monkeypatch, capsys, launcher):
+    sweep = tmp_path / "sweep"
+    code, out = kdrun_in_process(["-m", f"hydra/launcher={launcher}", *QUICK, "method=kd,fitnet", "method.variant=cwtm",
+                                  f"hydra.sweep.dir={sweep}"], tmp_path, monkeypatch, capsys)
+    assert code == 2, out
+    assert "method.variant is not a key" in out and "in job #1: method=fitnet" in out, out
+    assert not run_dirs(tmp_path)
+
+
+def test_a_key_added_with_plus_is_refused_in_the_job_itself(tmp_path, monkeypatch, capsys):
+    code, out = kdrun_in_process([*QUICK, "+method.Tx=3", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, monkeypatch,
+                                 capsys)
+    assert code == 2 and "method.Tx is not a key of this config (method has: name, ce_weight, T" in out, out
+
+
+def test_model_nodes_are_typed_from_their_constructors():
+    fields = model_schema("mlp", teacher=True).__dataclass_fields__
+    assert {"name", "hidden", "dropout", "checkpoint", "seed", "train"} <= set(fields)
+    assert "num_classes" not in fields  # the dataset's
+    assert compose_config(["student=wrn16_2", "student.drop_rate=0.3"]).student.drop_rate == 0.3
+
+
+def test_no_private_hydra_or_omegaconf_api():
+    pattern = re.compile(r"_internal|\._get_node|_is_none|\._key\(\)|\._get_full_key")
+    found = [f"{path.relative_to(REPO)}:{n}: {line.strip()}"
+             for folder in ("kdrun", "hydra_plugins") for path in sorted((REPO / folder).rglob("*.py"))
+             for n, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not found, "\n".join(found)
+
+
+def test_stage_recipes_hold_only_what_differs_from_train():
+    interpolated = [f"{path.relative_to(REPO)}: {line.strip()}" for path in sorted((REPO / "conf" / "schedule").glob("*.yaml"))
+                    for line in path.read_text().splitlines() if re.search(r"^\s+\w+: \$\{train\.\w+\}", line)]
+    assert not interpolated, "\n".join(interpolated)
+    cfg = compose_config(["schedule=fitnet", "train.lr=0.3", "schedule.hint.epochs=2"])
+    assert Path(REPO / "conf" / "schedule" / "fitnet.yaml").read_text().count("${train.") == 0
+    from kdrun.schedules.spec import stage_recipe
+    hint = stage_recipe(cfg, "schedule.hint", "test")
+    assert (hint.lr, hint.epochs) == (0.3, 2)
