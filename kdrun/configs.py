@@ -6,15 +6,12 @@ registry (so the registry is the one place names come from); a user's own `teach
 """
 from __future__ import annotations
 
-import importlib.util
 from importlib.resources import files
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 
-from kdrun.errors import UserError
 from kdrun.models import MODELS
-
 
 
 def _config_dir() -> str:
@@ -40,15 +37,6 @@ def register_launchers() -> None:
 
     Plugins.instance().register(LocalGpusLauncher)
     Plugins.instance().register(KdrunSweeper)
-
-
-def check_launcher(argv: list[str]) -> None:
-    """`hydra/launcher=slurm` needs the optional hydra-submitit-launcher: say how to get it."""
-    if any(a.startswith("hydra/launcher=slurm") for a in argv) and \
-            importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
-        raise UserError("hydra/launcher=slurm submits the jobs through hydra-submitit-launcher, which is not "
-                        "installed here. Install it with pip install -e \".[slurm]\" in your kdrun checkout "
-                        "(or pip install hydra-submitit-launcher).")
 
 
 def register_configs() -> None:
