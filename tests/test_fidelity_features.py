@@ -175,12 +175,11 @@ def alternative_l2(source, target, margin=1.0):
 
 def kdrun_init_step(method, x, y):
     """One forward and backward of the init stage as the schedule runner sets it up."""
-    method.phase = "init"
     params = method.init_parameters()
     handle = hold_statistics(method.student, params)
     method.train()
     try:
-        _, losses = method.forward_train(x, y)
+        _, losses = method.forward_train(x, y, phase="init")
         loss = sum(losses.values())
         loss.backward()
     finally:
@@ -324,7 +323,6 @@ def test_ft_init_stage_trains_the_paraphraser_alone_on_mse_then_the_factor_term_
 
     # Main stage (helper/loops.py): factor_s = translator(feat_s[-2]), factor_t = paraphraser(feat_t[-2],
     # is_factor=True), loss = CE + 200 * FactorTransfer()(factor_s, factor_t).
-    method.phase = "main"
     method.train()
     translator.train()
     _, losses = method.forward_train(x, y)

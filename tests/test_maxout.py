@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from kdrun.methods.base import Batch
 from kdrun.data.base import DataInfo
 from kdrun.errors import UserError
 from kdrun.methods import build_method
@@ -139,8 +140,7 @@ def test_the_papers_hint_pairs_and_maxout_regressor():
     assert reg.conv.weight.abs().max() <= 0.05 and not hasattr(reg.conv, "lr_scale") and reg.max_norm == 0.9
     method.eval()
     x = torch.randn(2, 3, 32, 32)
-    method.phase = "init"
-    losses = method.forward_train(x, torch.zeros(2, dtype=torch.long))[1]
+    losses = method.forward_train(x, torch.zeros(2, dtype=torch.long), phase="init")[1]
     f_s = student.layers[:11](x)
     f_t = teacher.layers[:2](x)
     assert losses["fitnet_hint"].item() == pytest.approx(((reg(f_s) - f_t) ** 2).mean().item(), rel=1e-5)
@@ -174,8 +174,10 @@ def test_kd_alpha_anneal_is_fitnets_lambda_over_tau_squared():
     for epoch in (1, 4, 5, 6, 100, 288, 399, 400, 401, 474):
         assert method.alpha_at(epoch) * 9 == pytest.approx(fitnets_lambda(epoch), abs=1e-9), epoch
     s, t, y = torch.randn(3, 4), torch.randn(3, 4), torch.tensor([0, 1, 2])
-    got = method.losses(s, t, y, epoch=288)["kd"]
-    assert got.item() == pytest.approx(method.alpha_at(288) * soft_target_loss(s, F.softmax(t / 3, 1), 3.0).item())
+    batch = Batch(x=None, y=y, s_logits=s, t_logits=t, s_feats={}, t_feats={}, epoch=288)
+    weight, got = method.weights(288)["kd"], method.terms(frozenset({"kd"}), batch)["kd"]
+    assert weight == method.alpha_at(288)
+    assert got.item() == pytest.approx(soft_target_loss(s, F.softmax(t / 3, 1), 3.0).item())
 
 
 @pytest.mark.parametrize("over,match", [({"alpha_anneal": [5, 401]}, "start_epoch, end_epoch, final_alpha"),

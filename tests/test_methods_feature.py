@@ -237,11 +237,11 @@ def test_ft_loss_repdistiller_form_compares_normalised_maps_of_the_mean_squared_
 
 # ---- the methods on models: their terms, gradients, own parameters -----------------------------------
 
-def run_batch(method, n=4, seed=1):
+def run_batch(method, n=4, seed=1, phase="main"):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 1, 8, 8, generator=g)
     y = torch.randint(0, 3, (n,), generator=g)
-    return method.forward_train(x, y)
+    return method.forward_train(x, y, phase=phase)
 
 
 def test_fitnet_term_is_beta_times_mse_of_regressed_student_hint():
@@ -308,15 +308,13 @@ def test_ft_term_on_the_last_stage_through_translator_and_paraphraser():
     mse = ((rec - f_t) ** 2).mean()
     relative = mse / (f_t ** 2).mean()  # reconstruction auto: relative on schedule=single ...
     assert losses["ft_paraphraser"].item() == pytest.approx(relative.item(), rel=1e-5)
-    method.phase = "init"
-    _, init = method.forward_train(x, torch.zeros(4, dtype=torch.long))
+    _, init = method.forward_train(x, torch.zeros(4, dtype=torch.long), phase="init")
     assert init["ft_paraphraser"].item() == pytest.approx(mse.item(), rel=1e-5)  # ... RepDistiller's MSE in the init stage
     for kind, expected in (("mse", mse), ("relative", relative)):
         fixed = build_method(config("ft", reconstruction=kind), student, teacher, INFO).eval()
         fixed.paraphraser.load_state_dict(method.paraphraser.state_dict())
         for phase in ("main", "init"):
-            fixed.phase = phase
-            _, terms = fixed.forward_train(x, torch.zeros(4, dtype=torch.long))
+            _, terms = fixed.forward_train(x, torch.zeros(4, dtype=torch.long), phase=phase)
             assert terms["ft_paraphraser"].item() == pytest.approx(expected.item(), rel=1e-5), (kind, phase)
 
 
@@ -383,8 +381,7 @@ def test_init_stage_terms_parameters_and_the_main_stage_after_it(name, init_term
     assert method.has_init_stage
     _, single = run_batch(method)
     assert name in single  # single stage: the term is part of the main loss
-    method.phase = "init"
-    _, losses = run_batch(method)
+    _, losses = run_batch(method, phase="init")
     assert set(losses) == init_terms
     params = {id(p) for p in method.init_parameters()}
     parts = {"fitnet": lambda: (student.stem, student.layer1, student.layer2, method.regressors),
@@ -395,7 +392,6 @@ def test_init_stage_terms_parameters_and_the_main_stage_after_it(name, init_term
     sum(losses.values()).backward()
     assert all(p.grad is not None for p in method.init_parameters() if p.requires_grad)
 
-    method.phase = "main"
     _, after = run_batch(method)
     if name == "ft":
         assert set(after) == {"ce", "ft"}  # the frozen paraphraser's factor, no reconstruction term
@@ -469,10 +465,8 @@ def test_each_method_trains_in_the_loop_with_its_init_stage(name, tmp_path):
     method = build_method(config(name), student, teacher, data.info)
     if method.has_init_stage:
         frozen = {k: v.clone() for k, v in student.fc.state_dict().items()}
-        method.phase = "init"
         result = fit(method, data, recipe, stage="init", seed=0, checkpoint=tmp_path / "init.pt",
-                     parameters=method.init_parameters())
-        method.phase = "main"
+                     parameters=method.init_parameters(), phase="init")
         assert all(math.isfinite(v) for v in result.history[0]["losses"].values())
         assert all(torch.equal(v, student.fc.state_dict()[k]) for k, v in frozen.items())  # not in the init stage
     result = fit(method, data, recipe, stage="main", seed=0, checkpoint=tmp_path / "main.pt")

@@ -29,8 +29,14 @@ class MLPHint(KD):
         self.watch(["hidden.0"], ["hidden.0"])
         self.regressor = nn.Linear(student.hidden[0][0].out_features, teacher.hidden[0][0].out_features)
 
-    def init_losses(self, s_feats, t_feats, **_):
-        return {"hint": F.mse_loss(self.regressor(s_feats["hidden.0"]), t_feats["hidden.0"])}
+    def weights(self, epoch, phase="main"):
+        return {"hint": 1.0} if phase == "init" else super().weights(epoch, phase)
+
+    def terms(self, needed, batch):
+        out = super().terms(needed, batch)
+        if "hint" in needed:
+            out["hint"] = F.mse_loss(self.regressor(batch.s_feats["hidden.0"]), batch.t_feats["hidden.0"])
+        return out
 
     def init_parameters(self):
         return [*self.student.hidden[0].parameters(), *self.regressor.parameters()]

@@ -93,9 +93,12 @@ class ActivationBoundaries(InitStage, FeatureDistiller):
         self.stage_weights = [2.0 ** (i - n + 1) for i in range(n)]
         self.watch(self.s_paths, self.t_paths)
 
-    def transfer_loss(self, s_feats, t_feats):
-        return sum(w * ab_margin_loss(conn(s_feats[s]), t_feats[t], self.margin) * 3 / 1000
-                   for w, conn, s, t in zip(self.stage_weights, self.connectors, self.s_paths, self.t_paths))
+    def terms(self, needed, batch):
+        out = super().terms(needed, batch)
+        if "ab" in needed:  # the same name in both phases
+            out["ab"] = sum(w * ab_margin_loss(conn(batch.s_feats[s]), batch.t_feats[t], self.margin) * 3 / 1000
+                            for w, conn, s, t in zip(self.stage_weights, self.connectors, self.s_paths, self.t_paths))
+        return out
 
     def init_parameters(self):
         if self.cfg.init_trains == "student":

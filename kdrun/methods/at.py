@@ -48,6 +48,7 @@ class ATConfig(WithFeatures):
 @METHODS.register("at")
 class AttentionTransfer(FeatureDistiller):
     Config = ATConfig
+    own_terms = ("at",)
 
     @classmethod
     def validate(cls, cfg):
@@ -68,6 +69,9 @@ class AttentionTransfer(FeatureDistiller):
         self.require_maps(self.shapes(teacher, self.t_paths, "teacher"), self.t_paths, "teacher")
         self.watch(self.s_paths, self.t_paths)
 
-    def losses(self, s_logits, t_logits, s_feats, t_feats, **_):
-        term = sum(at_loss(s_feats[s], t_feats[t], self.p, self.form) for s, t in zip(self.s_paths, self.t_paths))
-        return {"at": self.beta * term, **self.kd_term(s_logits, t_logits)}
+    def terms(self, needed, batch):
+        out = super().terms(needed, batch)
+        if "at" in needed:
+            out["at"] = sum(at_loss(batch.s_feats[s], batch.t_feats[t], self.p, self.form)
+                            for s, t in zip(self.s_paths, self.t_paths))
+        return out

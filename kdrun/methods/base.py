@@ -1,14 +1,19 @@
 """The method contract (mdistiller style): `forward_train` returns the student logits and a dict of
-named, already weighted loss terms; the trainer sums them. Nothing else about a method is special-cased.
+named, weighted loss terms; the trainer sums them. A method is one class with two parts:
 
+- `terms(needed, batch)`: its loss terms, unweighted, by name (only those in `needed`);
+- `weights(epoch, phase)`: each term's weight in this epoch and phase.
+
+`forward_train` is the one place that applies the weights; a term whose weight is 0 is not computed.
 Features come from forward hooks (see `kdrun.models.features`): a method lists the module paths it
-reads on each side and gets the tensors in `losses(...)`. Trainable helpers (regressors, heads,
-memory banks) are submodules of the method, so they are optimised and checkpointed with the student.
-The teacher is held outside the module tree: never optimised, never saved with the method, always
-in eval mode and run without building a graph.
+reads on each side and gets the tensors in `batch.s_feats` / `batch.t_feats`. Trainable helpers
+(regressors, heads, memory banks) are submodules of the method, so they are optimised and checkpointed
+with the student. The teacher is held outside the module tree: never optimised, never saved with the
+method, always in eval mode and run without building a graph.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -18,12 +23,31 @@ from omegaconf import DictConfig
 
 from kdrun.data.base import DataInfo
 from kdrun.errors import require
+from kdrun.methods.config import MethodConfig
 from kdrun.models.features import FeatureHooks
 from kdrun.training.speed import full_precision, loss_inputs
 
 
+@dataclass
+class Batch:
+    """What a method's terms are computed from (features: dicts by module path; fp32 under autocast)."""
+    x: torch.Tensor
+    y: torch.Tensor
+    s_logits: torch.Tensor
+    t_logits: Optional[torch.Tensor]
+    s_feats: dict
+    t_feats: dict
+    epoch: int = 1
+    index: Optional[torch.Tensor] = None  # the examples' positions in the training split (memory banks)
+    phase: str = "main"  # `init`: the method's initialisation stage (schedules run it)
+
+
 class Distiller(nn.Module):
+    Config = MethodConfig  # the method's schema (`method=NAME` is checked against it as Hydra composes)
     uses_teacher: bool = True
+    # Methods with an initialisation stage (FitNet's hint stage, AB, FT, FSP) set this, weight their init
+    # terms in phase "init", and say which parameters that stage trains (`init_parameters`).
+    has_init_stage: bool = False
 
     def __init__(self, student: nn.Module, teacher: Optional[nn.Module], cfg: DictConfig, info: DataInfo):
         super().__init__()
@@ -37,7 +61,6 @@ class Distiller(nn.Module):
         self.ce_weight = self.hard_label_weight(cfg)
         self._student_hooks: Optional[FeatureHooks] = None
         self._teacher_hooks: Optional[FeatureHooks] = None
-        self.teacher_cache = None  # a TeacherOutputs, set by the training loop for one stage
 
     @classmethod
     def validate(cls, cfg: DictConfig) -> None:
@@ -82,9 +105,9 @@ class Distiller(nn.Module):
             logits = self.teacher(x)
         return logits, self._teacher_hooks.take() if self._teacher_hooks else {}
 
-    def teacher_outputs(self, x: torch.Tensor, index: Optional[torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        """`teacher_forward`, or its stored result for these examples (see kdrun.training.teacher_outputs)."""
-        cache = self.teacher_cache
+    def teacher_outputs(self, x: torch.Tensor, index: Optional[torch.Tensor], cache=None) -> tuple[torch.Tensor, dict]:
+        """`teacher_forward`, or its result stored in `cache` for these examples (a TeacherOutputs that the
+        training loop owns for one stage; see kdrun.training.teacher_outputs)."""
         if cache is None or index is None:
             return self.teacher_forward(x)
         if cache.complete:
@@ -93,43 +116,29 @@ class Distiller(nn.Module):
         cache.store(index, logits, feats)
         return logits, feats
 
-    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int = 1,
-                      index: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict]:
-        """Student logits and the named, weighted loss terms of one training batch.
-
-        `index` holds the batch's positions in the training split (memory banks key on it).
-        In the initialisation phase (`self.phase == "init"`) the terms come from `init_losses`.
-        """
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int = 1, index: Optional[torch.Tensor] = None,
+                      *, phase: str = "main", teacher_cache=None) -> tuple[torch.Tensor, dict]:
+        """Student logits and the named, weighted loss terms of one training batch of `phase`."""
         s_logits = self.student(x)
         s_feats = self._student_hooks.take() if self._student_hooks else {}
-        t_logits, t_feats = self.teacher_outputs(x, index) if self.uses_teacher else (None, {})
+        t_logits, t_feats = self.teacher_outputs(x, index, teacher_cache) if self.uses_teacher else (None, {})
         # Under bf16 autocast only the models' forwards are bf16: the losses see fp32 tensors.
         with full_precision(x.device.type):
-            batch = loss_inputs(dict(x=x, y=y, s_logits=s_logits, t_logits=t_logits, s_feats=s_feats,
-                                t_feats=t_feats, epoch=epoch, index=index))
-            s_logits = batch["s_logits"]
-            if self.phase == "init":
-                return s_logits, self.init_losses(**batch)
-            losses = {}
-            if self.ce_weight:
-                losses["ce"] = self.ce_weight * F.cross_entropy(s_logits, y)
-            losses.update(self.losses(**batch))
-        return s_logits, losses
+            batch = Batch(**loss_inputs(dict(x=x, y=y, s_logits=s_logits, t_logits=t_logits, s_feats=s_feats,
+                                             t_feats=t_feats)), epoch=epoch, index=index, phase=phase)
+            weights = self.weights(epoch, phase)
+            needed = frozenset(name for name, weight in weights.items() if weight)
+            terms = self.terms(needed, batch)
+            losses = {name: weights[name] * terms[name] for name in weights if name in needed}
+        return batch.s_logits, losses
 
-    def losses(self, **batch) -> dict[str, torch.Tensor]:
-        """The method's own terms, weighted. The base adds the hard-label term.
+    def weights(self, epoch: int, phase: str = "main") -> dict[str, float]:
+        """Each term's weight in this epoch of `phase`. The base: the hard-label cross-entropy, `ce_weight`."""
+        return {"ce": self.ce_weight} if phase == "main" else {}
 
-        `batch` has x, y, s_logits, t_logits, s_feats, t_feats (dicts by module path), epoch, index.
-        """
-        return {}
-
-    # Methods with an initialisation stage (FitNet's hint stage, AB, FT, FSP) set `has_init_stage`
-    # and override the two methods below; the schedules run that stage with phase = "init".
-    has_init_stage: bool = False
-    phase: str = "main"
-
-    def init_losses(self, **batch) -> dict[str, torch.Tensor]:
-        raise TypeError(f"method {self.cfg.name!r} has no initialisation stage")
+    def terms(self, needed: frozenset, batch: Batch) -> dict[str, torch.Tensor]:
+        """The terms named in `needed`, unweighted. Subclasses add theirs to the base's (`ce`)."""
+        return {"ce": F.cross_entropy(batch.s_logits, batch.y)} if "ce" in needed else {}
 
     def init_parameters(self) -> list[nn.Parameter]:
         """What the initialisation stage trains (e.g. the student up to the hint layer and the regressor)."""

@@ -34,6 +34,7 @@ class CCConfig(WithFeatures):
 
 @METHODS.register("cc")
 class CorrelationCongruence(WeightedDistiller):
+    own_terms = ("cc",)
     Config = CCConfig
 
     @classmethod
@@ -50,5 +51,8 @@ class CorrelationCongruence(WeightedDistiller):
         self.embed_t = nn.Linear(prod(t_shape), int(cfg.feat_dim))
         self.watch([self.s_path], [self.t_path])
 
-    def method_terms(self, s_feats, t_feats, **_):
-        return {"cc": cc_loss(self.embed_s(flat(s_feats[self.s_path])), self.embed_t(flat(t_feats[self.t_path].float())))}
+    def terms(self, needed, batch):
+        out = super().terms(needed, batch)
+        if "cc" in needed:
+            out["cc"] = cc_loss(self.embed_s(flat(batch.s_feats[self.s_path])), self.embed_t(flat(batch.t_feats[self.t_path])))
+        return out

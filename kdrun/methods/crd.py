@@ -133,6 +133,7 @@ class CRDConfig(WithFeatures):
 
 @METHODS.register("crd")
 class ContrastiveRepresentation(WeightedDistiller):
+    own_terms = ("crd",)
     Config = CRDConfig
 
     @classmethod
@@ -168,11 +169,14 @@ class ContrastiveRepresentation(WeightedDistiller):
         self.memory = ContrastMemory(dim, n, k, float(cfg.nce_t), float(cfg.nce_m), labels)
         self.watch([self.s_path], [self.t_path])
 
-    def method_terms(self, s_feats, t_feats, index=None, **_):
-        if index is None:
-            raise ValueError("crd needs the batch's positions in the training split (forward_train's index)")
-        v_s = F.normalize(self.embed_s(flat(s_feats[self.s_path])), dim=1)
-        v_t = F.normalize(self.embed_t(flat(t_feats[self.t_path].float())), dim=1)
-        p_s, p_t = self.memory(v_s, v_t, index)
-        n = len(self.memory.student_bank)
-        return {"crd": nce_loss(p_s, n) + nce_loss(p_t, n)}
+    def terms(self, needed, batch):
+        out = super().terms(needed, batch)
+        if "crd" in needed:
+            if batch.index is None:
+                raise ValueError("crd needs the batch's positions in the training split (forward_train's index)")
+            v_s = F.normalize(self.embed_s(flat(batch.s_feats[self.s_path])), dim=1)
+            v_t = F.normalize(self.embed_t(flat(batch.t_feats[self.t_path])), dim=1)
+            p_s, p_t = self.memory(v_s, v_t, batch.index)
+            n = len(self.memory.student_bank)
+            out["crd"] = nce_loss(p_s, n) + nce_loss(p_t, n)
+        return out

@@ -62,7 +62,16 @@ class DecoupledKD(WeightedDistiller):
         self.w_target, self.w_other = float(cfg.dkd_alpha), float(cfg.dkd_beta)
         self.warmup = float(cfg.warmup)
 
-    def method_terms(self, s_logits, t_logits, y, epoch, **_):
-        ramp = min(epoch / self.warmup, 1.0) if self.warmup > 0 else 1.0
-        tckd, nckd = dkd_terms(s_logits, t_logits, y, self.T)
-        return {"tckd": ramp * self.w_target * tckd, "nckd": ramp * self.w_other * nckd}
+    def weights(self, epoch, phase="main"):
+        weights = super().weights(epoch, phase)
+        if phase == "main":
+            ramp = min(epoch / self.warmup, 1.0) if self.warmup > 0 else 1.0
+            weights.update(tckd=self.beta * ramp * self.w_target, nckd=self.beta * ramp * self.w_other)
+        return weights
+
+    def terms(self, needed, batch):
+        out = super().terms(needed, batch)
+        if needed & {"tckd", "nckd"}:
+            tckd, nckd = dkd_terms(batch.s_logits, batch.t_logits, batch.y, self.T)
+            out.update(tckd=tckd, nckd=nckd)
+        return out

@@ -106,22 +106,22 @@ class InitStage:
     term: str = ""  # the name of the method's term in the main stage
     init_term: str = ""  # its name in the init stage (default: `term`)
 
-    def transfer_loss(self, s_feats, t_feats):
-        """The method's term, unweighted (FitNet, AB, FSP); FT overrides the losses instead."""
-        raise TypeError(f"{type(self).__name__} must define transfer_loss or override its losses")
+    @property
+    def own_terms(self) -> tuple[str, ...]:
+        return (self.term,)
 
-    def losses(self, s_logits, t_logits, s_feats, t_feats, **_):
-        terms = self.kd_term(s_logits, t_logits)
-        if not self.init_stage_ran:
-            terms[self.term] = self.beta * self.transfer_loss(s_feats, t_feats)
-        return terms
+    def weights(self, epoch: int, phase: str = "main") -> dict[str, float]:
+        if phase == "init":
+            return {self.init_term or self.term: 1.0}  # the init stage learns the method's term alone
+        weights = super().weights(epoch, phase)
+        if self.init_stage_ran:
+            weights[self.term] = 0.0
+        return weights
 
-    def init_losses(self, s_feats, t_feats, **_):
-        self.mark_init_stage()
-        return {self.init_term or self.term: self.transfer_loss(s_feats, t_feats)}
-
-    def mark_init_stage(self) -> None:
-        self.init_stage_ran = True
+    def terms(self, needed, batch):
+        if batch.phase == "init":
+            self.init_stage_ran = True
+        return super().terms(needed, batch)
 
     def get_extra_state(self):
         return {"init_stage_ran": self.init_stage_ran}

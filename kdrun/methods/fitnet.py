@@ -7,7 +7,7 @@ ends in the hint layer's non-linearity): a valid maxout conv of kernel 1 + (stud
 side), 2 pieces, weights in U(-0.05, 0.05), norms capped at 0.9 (the authors' fitnets_stage1.py).
 Single stage (RepDistiller): CE + beta * hint, beta = 100, hint at the second stage's output.
 Init stage (the paper's first stage): the student up to the guided layer and the regressor are
-trained on the hint loss alone (`init_losses`, `init_parameters`); the main stage then drops the hint
+trained on the hint loss alone (phase `init`, `init_parameters`); the main stage then drops the hint
 (the paper's second stage: the whole student on CE, plus KD when alpha > 0).
 """
 from functools import partial
@@ -70,9 +70,12 @@ class FitNet(InitStage, FeatureDistiller):
         self.regressors = nn.ModuleList(build(s, t) for s, t in zip(s_shapes, t_shapes))
         self.watch(self.s_paths, self.t_paths)
 
-    def transfer_loss(self, s_feats, t_feats):
-        return sum(F.mse_loss(reg(s_feats[s]), t_feats[t])
-                   for reg, s, t in zip(self.regressors, self.s_paths, self.t_paths))
+    def terms(self, needed, batch):
+        out = super().terms(needed, batch)
+        for name in needed & {"fitnet", "fitnet_hint"}:  # the hint term: "fitnet_hint" in the init stage
+            out[name] = sum(F.mse_loss(reg(batch.s_feats[s]), batch.t_feats[t])
+                            for reg, s, t in zip(self.regressors, self.s_paths, self.t_paths))
+        return out
 
     def init_parameters(self):
         return self.student_parameters_up_to(self.s_paths, self.regressors)

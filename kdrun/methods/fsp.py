@@ -77,9 +77,12 @@ class FSP(InitStage, FeatureDistiller):
         self.t_pairs = list(zip(t_paths, t_paths[1:]))
         self.watch(s_paths, t_paths)
 
-    def transfer_loss(self, s_feats, t_feats):
-        return sum(fsp_loss(s_feats[si], s_feats[so], t_feats[ti], t_feats[to])
-                   for (si, so), (ti, to) in zip(self.s_pairs, self.t_pairs))
+    def terms(self, needed, batch):
+        out = super().terms(needed, batch)
+        if "fsp" in needed:  # the same name in both phases
+            s, t = batch.s_feats, batch.t_feats
+            out["fsp"] = sum(fsp_loss(s[si], s[so], t[ti], t[to]) for (si, so), (ti, to) in zip(self.s_pairs, self.t_pairs))
+        return out
 
     def init_parameters(self):
         return self.student_parameters_up_to([out for _, out in self.s_pairs], feature_layers_only=True)

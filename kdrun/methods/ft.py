@@ -98,6 +98,7 @@ class FTConfig(WithFeatures):
 @METHODS.register("ft")
 class FactorTransfer(InitStage, FeatureDistiller):
     Config = FTConfig
+    term, init_term = "ft", "ft_paraphraser"
 
     @classmethod
     def validate(cls, cfg):
@@ -131,24 +132,30 @@ class FactorTransfer(InitStage, FeatureDistiller):
         kind = str(self.cfg.reconstruction)
         return kind if kind != "auto" else ("mse" if stage == "init" else "relative")
 
-    def losses(self, s_logits, t_logits, s_feats, t_feats, **_):
-        f_s, f_t = s_feats[self.s_paths[0]], t_feats[self.t_paths[0]]
-        terms = self.kd_term(s_logits, t_logits)
-        if self.init_stage_ran:
+    def weights(self, epoch, phase="main"):
+        """The init stage trains the paraphraser alone; then it stays frozen and `ft` stays on. Without an
+        init stage the paraphraser learns its reconstruction (weight 1) beside `ft` (beta)."""
+        if phase == "init":
+            return {"ft_paraphraser": 1.0}
+        weights = FeatureDistiller.weights(self, epoch, phase)
+        weights["ft_paraphraser"] = 0.0 if self.init_stage_ran else 1.0
+        return weights
+
+    def terms(self, needed, batch):
+        out = super().terms(needed, batch)
+        f_t = batch.t_feats[self.t_paths[0]]
+        if batch.phase == "main" and self.init_stage_ran:
             with torch.no_grad():
                 factor_t = self.paraphraser.encoder(f_t)
-        else:
+        elif needed & {"ft", "ft_paraphraser"}:
             factor, reconstruction = self.paraphraser(f_t)
-            terms["ft_paraphraser"] = reconstruction_loss(reconstruction, f_t, self.reconstruction("single"))
+            if "ft_paraphraser" in needed:
+                kind = self.reconstruction("init" if batch.phase == "init" else "single")
+                out["ft_paraphraser"] = reconstruction_loss(reconstruction, f_t, kind)
             factor_t = factor.detach()
-        terms["ft"] = self.beta * ft_loss(self.translator(f_s), factor_t, self.form)
-        return terms
-
-    def init_losses(self, t_feats, **_):
-        self.mark_init_stage()
-        f_t = t_feats[self.t_paths[0]]
-        _, reconstruction = self.paraphraser(f_t)
-        return {"ft_paraphraser": reconstruction_loss(reconstruction, f_t, self.reconstruction("init"))}
+        if "ft" in needed:
+            out["ft"] = ft_loss(self.translator(batch.s_feats[self.s_paths[0]]), factor_t, self.form)
+        return out
 
     def init_parameters(self):
         return list(self.paraphraser.parameters())

@@ -151,13 +151,19 @@ class KD(Distiller):
         progress = min(max((epoch - start) / (end - start), 0.0), 1.0)
         return self.alpha + (final - self.alpha) * progress
 
-    def losses(self, s_logits, t_logits, y, epoch=1, **_):
-        alpha = self.alpha_at(epoch)
-        if not alpha:
-            return {}
-        if self.variant == "cwtm":
-            return {"cwtm": alpha * cwtm_loss(s_logits, y, self.teacher_probs(t_logits, 1.0))}
-        p_teacher = self.teacher_probs(t_logits, self.T)
-        if self.variant == "dkpp":
-            p_teacher = permuted_dark_knowledge(p_teacher, y)
-        return {"kd": alpha * soft_target_loss(s_logits, p_teacher, self.T)}
+    def weights(self, epoch, phase="main"):
+        weights = super().weights(epoch, phase)
+        if phase == "main":
+            weights["cwtm" if self.variant == "cwtm" else "kd"] = self.alpha_at(epoch)
+        return weights
+
+    def terms(self, needed, batch):
+        out = super().terms(needed, batch)
+        if "cwtm" in needed:
+            out["cwtm"] = cwtm_loss(batch.s_logits, batch.y, self.teacher_probs(batch.t_logits, 1.0))
+        if "kd" in needed:
+            p_teacher = self.teacher_probs(batch.t_logits, self.T)
+            if self.variant == "dkpp":
+                p_teacher = permuted_dark_knowledge(p_teacher, batch.y)
+            out["kd"] = soft_target_loss(batch.s_logits, p_teacher, self.T)
+        return out

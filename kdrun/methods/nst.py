@@ -42,6 +42,7 @@ class NSTConfig(WithFeatures):
 @METHODS.register("nst")
 class NeuronSelectivityTransfer(FeatureDistiller):
     Config = NSTConfig
+    own_terms = ("nst",)
 
     @classmethod
     def validate(cls, cfg):
@@ -57,6 +58,9 @@ class NeuronSelectivityTransfer(FeatureDistiller):
         self.require_maps(self.shapes(teacher, self.t_paths, "teacher"), self.t_paths, "teacher")
         self.watch(self.s_paths, self.t_paths)
 
-    def losses(self, s_logits, t_logits, s_feats, t_feats, **_):
-        term = sum(nst_loss(s_feats[s], t_feats[t], self.degree, self.c) for s, t in zip(self.s_paths, self.t_paths))
-        return {"nst": self.beta * term, **self.kd_term(s_logits, t_logits)}
+    def terms(self, needed, batch):
+        out = super().terms(needed, batch)
+        if "nst" in needed:
+            out["nst"] = sum(nst_loss(batch.s_feats[s], batch.t_feats[t], self.degree, self.c)
+                             for s, t in zip(self.s_paths, self.t_paths))
+        return out

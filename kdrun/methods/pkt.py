@@ -35,6 +35,7 @@ class PKTConfig(WithFeatures):
 
 @METHODS.register("pkt")
 class ProbabilisticKnowledgeTransfer(WeightedDistiller):
+    own_terms = ("pkt",)
     Config = PKTConfig
 
     def __init__(self, student, teacher, cfg, info):
@@ -42,5 +43,8 @@ class ProbabilisticKnowledgeTransfer(WeightedDistiller):
         self.s_path, self.t_path = self.single_path("student"), self.single_path("teacher")
         self.watch([self.s_path], [self.t_path])
 
-    def method_terms(self, s_feats, t_feats, **_):
-        return {"pkt": pkt_loss(s_feats[self.s_path], t_feats[self.t_path].float())}
+    def terms(self, needed, batch):
+        out = super().terms(needed, batch)
+        if "pkt" in needed:
+            out["pkt"] = pkt_loss(batch.s_feats[self.s_path], batch.t_feats[self.t_path])
+        return out

@@ -60,6 +60,15 @@ class RelationalKD(WeightedDistiller):
         self.s_path, self.t_path = self.single_path("student"), self.single_path("teacher")
         self.watch([self.s_path], [self.t_path])
 
-    def method_terms(self, s_feats, t_feats, **_):
-        distance, angle = rkd_terms(s_feats[self.s_path], t_feats[self.t_path].float())
-        return {"rkd_distance": self.w_distance * distance, "rkd_angle": self.w_angle * angle}
+    def weights(self, epoch, phase="main"):
+        weights = super().weights(epoch, phase)
+        if phase == "main":
+            weights.update(rkd_distance=self.beta * self.w_distance, rkd_angle=self.beta * self.w_angle)
+        return weights
+
+    def terms(self, needed, batch):
+        out = super().terms(needed, batch)
+        if needed & {"rkd_distance", "rkd_angle"}:
+            distance, angle = rkd_terms(batch.s_feats[self.s_path], batch.t_feats[self.t_path])
+            out.update(rkd_distance=distance, rkd_angle=angle)
+        return out

@@ -31,6 +31,7 @@ class SPConfig(WithFeatures):
 
 @METHODS.register("sp")
 class SimilarityPreserving(WeightedDistiller):
+    own_terms = ("sp",)
     Config = SPConfig
 
     def __init__(self, student, teacher, cfg, info):
@@ -38,5 +39,8 @@ class SimilarityPreserving(WeightedDistiller):
         self.s_paths, self.t_paths = self.paired_paths("stages", lambda p: p[-1:])
         self.watch(self.s_paths, self.t_paths)
 
-    def method_terms(self, s_feats, t_feats, **_):
-        return {"sp": sum(sp_loss(s_feats[s], t_feats[t].float()) for s, t in zip(self.s_paths, self.t_paths))}
+    def terms(self, needed, batch):
+        out = super().terms(needed, batch)
+        if "sp" in needed:
+            out["sp"] = sum(sp_loss(batch.s_feats[s], batch.t_feats[t]) for s, t in zip(self.s_paths, self.t_paths))
+        return out

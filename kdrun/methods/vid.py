@@ -63,6 +63,7 @@ class VIDConfig(WithFeatures):
 
 @METHODS.register("vid")
 class VariationalInformation(WeightedDistiller):
+    own_terms = ("vid",)
     Config = VIDConfig
 
     @classmethod
@@ -86,6 +87,9 @@ class VariationalInformation(WeightedDistiller):
         )
         self.watch(self.s_paths, self.t_paths)
 
-    def method_terms(self, s_feats, t_feats, **_):
-        pairs = zip(self.regressors, self.s_paths, self.t_paths)
-        return {"vid": sum(reg(s_feats[s], t_feats[t].float()) for reg, s, t in pairs)}
+    def terms(self, needed, batch):
+        out = super().terms(needed, batch)
+        if "vid" in needed:
+            pairs = zip(self.regressors, self.s_paths, self.t_paths)
+            out["vid"] = sum(reg(batch.s_feats[s], batch.t_feats[t]) for reg, s, t in pairs)
+        return out

@@ -12,13 +12,15 @@ from typing import Callable
 import torch
 
 from kdrun.errors import require
-from kdrun.methods.base import Distiller
+from kdrun.methods.base import Batch, Distiller
 from kdrun.methods.kd import check_temperature_and_alpha, kd_loss
 
 log = logging.getLogger("kdrun")
 
 
 class WeightedDistiller(Distiller):
+    own_terms: tuple[str, ...] = ()  # the names of the method's own terms, each weighted by beta
+
     @classmethod
     def validate(cls, cfg) -> None:
         check_temperature_and_alpha(cfg)
@@ -30,20 +32,19 @@ class WeightedDistiller(Distiller):
         super().__init__(student, teacher, cfg, info)
         self.T, self.alpha, self.beta = float(cfg.T), float(cfg.alpha), float(cfg.beta)
 
-    def kd_term(self, s_logits: torch.Tensor, t_logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Hinton's soft-target term, added when `alpha > 0`."""
-        return {"kd": self.alpha * kd_loss(s_logits, t_logits, self.T)} if self.alpha else {}
+    def weights(self, epoch: int, phase: str = "main") -> dict[str, float]:
+        """ce_weight, Hinton's soft-target term at `alpha`, the method's own terms at `beta`."""
+        weights = super().weights(epoch, phase)
+        if phase == "main":
+            weights["kd"] = self.alpha
+            weights.update({name: self.beta for name in self.own_terms})
+        return weights
 
-    def losses(self, s_logits, t_logits, **batch) -> dict[str, torch.Tensor]:
-        out = self.kd_term(s_logits, t_logits)
-        if self.beta:
-            terms = self.method_terms(s_logits=s_logits, t_logits=t_logits, **batch)
-            out.update({name: self.beta * value for name, value in terms.items()})
+    def terms(self, needed: frozenset, batch: Batch) -> dict[str, torch.Tensor]:
+        out = super().terms(needed, batch)
+        if "kd" in needed:
+            out["kd"] = kd_loss(batch.s_logits, batch.t_logits, self.T)
         return out
-
-    def method_terms(self, **batch) -> dict[str, torch.Tensor]:
-        """The method's own terms, before the weight `beta` (methods that override `losses` need none)."""
-        raise TypeError(f"{type(self).__name__} must define method_terms or override losses")
 
     def feature_paths(self, role: str, group: str, pick: Callable[[list[str]], list[str]]) -> list[str]:
         """Module paths to read on `role`'s side: `method.<role>_features`, else `pick(feature_points()[group])`."""

@@ -167,13 +167,11 @@ class ScheduleRunner:
         if not has_lone_batch(len(self.data.train), stage.train_recipe.batch_size):
             return
         distiller.to(self.data.device)
-        distiller.phase = stage.phase
         held = hold_statistics(model, distiller.init_parameters()) if stage.phase == "init" else None
         try:
             require_no_lone_batch(distiller, self.data, stage.train_recipe.batch_size, stage.recipe,
-                                  f"Stage {stage.name}")
+                                  f"Stage {stage.name}", phase=stage.phase)
         finally:
-            distiller.phase = "main"
             if held is not None:
                 held.remove()
 
@@ -248,7 +246,6 @@ class ScheduleRunner:
     def train(self, stage: Stage, model: nn.Module, teacher: Optional[nn.Module], label: str, key: str,
               source: str) -> StageOutcome:
         distiller = self.method_for(stage, model, teacher)
-        distiller.phase = stage.phase
         parameters = distiller.init_parameters() if stage.phase == "init" else None
         held = hold_statistics(model, parameters) if parameters is not None else None
         log.info("Stage %s: %s, method %s%s, %s, %s.", stage.name, label, stage.method_cfg.name,
@@ -257,9 +254,9 @@ class ScheduleRunner:
         try:
             result = fit(distiller, self.data, stage.train_recipe, stage=stage.name, seed=self.seed,
                          checkpoint=self.checkpoint(stage), progress=self.progress, on_epoch=self.on_epoch,
-                         parameters=parameters, stamp={"config_id": self.identity, "stage_key": key})
+                         parameters=parameters, stamp={"config_id": self.identity, "stage_key": key},
+                         phase=stage.phase)
         finally:
-            distiller.phase = "main"
             if held is not None:
                 held.remove()
         return StageOutcome(stage, model, label, key, result.test_acc, str(self.checkpoint(stage)), result)

@@ -26,7 +26,7 @@ def has_lone_batch(examples: int, batch_size: int) -> bool:
     return batch_size == 1 or examples % batch_size == 1
 
 
-def failing_batch_norm(distiller: Distiller, data: Dataset) -> Optional[str]:
+def failing_batch_norm(distiller: Distiller, data: Dataset, phase: str = "main") -> Optional[str]:
     """The path (in the method) of the batch norm that fails on a batch of one example, or None."""
     entered: list[str] = []
     hooks = [m.register_forward_pre_hook(lambda module, inputs, name=name: entered.append(name))
@@ -36,7 +36,7 @@ def failing_batch_norm(distiller: Distiller, data: Dataset) -> Optional[str]:
     distiller.train()
     try:
         with torch.random.fork_rng(devices=[]):  # dropout's draws leave the run's random numbers alone
-            distiller.forward_train(x, y, 1, idx)
+            distiller.forward_train(x, y, 1, idx, phase=phase)
     except ValueError as e:
         if BATCH_NORM_ERROR not in str(e):
             raise
@@ -57,14 +57,14 @@ def other_batch_size(examples: int, batch_size: int) -> Optional[int]:
 
 
 def require_no_lone_batch(distiller: Distiller, data: Dataset, batch_size: int, recipe_key: str, what: str,
-                          model_role: str = "student") -> None:
+                          model_role: str = "student", phase: str = "main") -> None:
     """Refuse `what` (e.g. "Stage kd") when its last training batch holds one example that batch norm
     cannot train on. `recipe_key` is the config path of its recipe (e.g. `train`, `teacher.train`);
     `model_role` names the model the method trains (the teacher, when it is trained with `ce`)."""
     n = len(data.train)
     if not has_lone_batch(n, batch_size):
         return
-    module = failing_batch_norm(distiller, data)
+    module = failing_batch_norm(distiller, data, phase)
     if module is None:
         return
     model, _, path = module.partition(".")

@@ -89,6 +89,7 @@ def fit(
     on_epoch: Optional[Callable[[dict], None]] = None,
     parameters: Optional[list] = None,
     stamp: Optional[dict] = None,
+    phase: str = "main",
 ) -> StageResult:
     """Train `parameters` (default: every trainable parameter of the method, student included).
 
@@ -97,7 +98,7 @@ def fit(
     stamp = dict(stamp or {})
     params = parameters if parameters is not None else [p for p in distiller.parameters() if p.requires_grad]
     data = recipe.data_for(data)
-    speed = start_stage(distiller, data, recipe)  # before the optimiser: it may change memory formats
+    speed, teacher_cache = start_stage(distiller, data, recipe)  # before the optimiser: it may change memory formats
     optimizer = recipe.make_optimizer(params, distiller)
     scheduler = recipe.make_scheduler(optimizer)
     constrained = constrained_modules(distiller, params)
@@ -142,12 +143,13 @@ def fit(
             lr = optimizer.param_groups[0]["lr"]  # the epoch's lr: the scheduler steps once, at its end
             for idx, x, y in data.batches(data.train, recipe.batch_size, shuffle=True, seed=seed_e, train=True):
                 with speed.autocast():
-                    _, losses = distiller.forward_train(speed.batch(x), y, epoch, idx)
+                    _, losses = distiller.forward_train(speed.batch(x), y, epoch, idx, phase=phase,
+                                                        teacher_cache=teacher_cache)
                 loss = sum(losses.values())
                 step += 1
                 if not losses:
                     raise UserError(f"Stage {stage}: nothing to train, every loss term of the method is "
-                                    f"switched off ({', '.join(method_weights(distiller)) or 'no weights'}). "
+                                    f"switched off ({switched_off(distiller, epoch, phase)}). "
                                     f"Give at least one loss weight a positive value.")
                 # Record the first non-finite step on the device: no host sync inside the epoch.
                 first = (bad_step == 0) & ~torch.isfinite(loss.detach())
@@ -163,7 +165,7 @@ def fit(
                     terms[k] = terms.get(k, 0) + v.detach() * len(y)
                 bar.batch_done()
             scheduler.step()
-            end_epoch(distiller)
+            end_epoch(teacher_cache)
             train_loss = total.item() / n  # the one host sync of the epoch
             result.train_seconds += time.perf_counter() - t0
             result.train_images += n
@@ -190,7 +192,6 @@ def fit(
             bar.epoch_done(info)
             if on_epoch:
                 on_epoch(entry)
-    distiller.teacher_cache = None
     return result
 
 
@@ -253,6 +254,12 @@ def diverged(distiller: Distiller, recipe: Recipe, stage: str, epoch: int, step:
 def method_weights(distiller: Distiller) -> list[str]:
     return [f"method.{k}={v}" for k, v in distiller.cfg.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def switched_off(distiller: Distiller, epoch: int, phase: str) -> str:
+    """'weights ce 0, kd 0; method.alpha=0, ...': why a stage has nothing to train."""
+    terms = ", ".join(f"{name} {weight:g}" for name, weight in distiller.weights(epoch, phase).items())
+    return f"weights {terms or 'none'}; {', '.join(method_weights(distiller))}"
 
 
 def rng_state() -> dict:

@@ -157,23 +157,24 @@ def loss_inputs(value):
     return value
 
 
-def start_stage(distiller: nn.Module, data, recipe) -> Speed:
-    """Resolve the stage's speed settings, set up the teacher-output cache, prepare the models."""
+def start_stage(distiller: nn.Module, data, recipe):
+    """Resolve the stage's speed settings, prepare the models; returns the settings and the stage's
+    teacher-output cache (or None), which the training loop owns and passes to every step."""
     from kdrun.training.teacher_outputs import teacher_output_cache
 
     speed = Speed.resolve(recipe, data.device)
     configure_backends(speed.device)
     teacher = getattr(distiller, "teacher", None)
-    distiller.teacher_cache = teacher_output_cache(distiller, data, speed.cache_teacher, speed)
+    cache = teacher_output_cache(distiller, data, speed.cache_teacher, speed)
     if speed.channels_last:
         distiller.to(memory_format=torch.channels_last)  # the student and the method's own modules
     speed.prepare_model(distiller.student)
     speed.prepare_model(teacher)
     log.info("Training runs in %s on %s.", speed.describe(), speed.device)
-    return speed
+    return speed, cache
 
 
-def end_epoch(distiller: nn.Module) -> None:
+def end_epoch(cache) -> None:
     """After a full epoch every training example has passed once: the teacher cache is complete."""
-    if getattr(distiller, "teacher_cache", None) is not None:
-        distiller.teacher_cache.epoch_done()
+    if cache is not None:
+        cache.epoch_done()
