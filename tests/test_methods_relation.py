@@ -459,6 +459,8 @@ def test_vid_pairs_stages_from_the_first_when_the_counts_differ():
     student, _ = tiny_pair()
     vid = build_method(method_cfg("vid"), student, ThreeStages(), INFO)  # RepDistiller zips the stage lists
     assert vid._student_hooks.paths == ["stage1", "stage2"] and vid._teacher_hooks.paths == ["stage1", "stage2"]
+    one = build_method(method_cfg("vid", teacher_features=["stage2"]), *tiny_pair(), INFO)  # named on one side
+    assert one._student_hooks.paths == ["stage1"] and one._teacher_hooks.paths == ["stage2"]
 
 
 # ---- refused before training ----
@@ -474,7 +476,7 @@ def test_impossible_values_are_refused(name, key, value, words):
 
 @pytest.mark.parametrize("name,over,words", [
     ("sp", {"student_features": ["stage9"]}, "no module 'stage9'.*Valid module paths"),
-    ("vid", {"teacher_features": ["stage1"]}, "in pairs"),
+    ("vid", {"student_features": ["stage1", "stage2"], "teacher_features": ["stage1"]}, "one to one"),
     ("rkd", {"student_features": ["stage1", "stage2"]}, "one feature"),
     ("rkd", {"angle_weight": -1}, "angle_weight"),
     ("crd", {"nce_k": 40}, "nce_k=40.*only 40"),

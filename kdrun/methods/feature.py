@@ -2,10 +2,13 @@
 
 Paths: `method.student_features` / `method.teacher_features` name module paths (see
 `kdrun.models.features`); null takes the models' `feature_points()` (`stages`, `preact` or
-`embedding`, whichever the method reads). When the two defaults differ in length (heterogeneous
-pairs), the deepest ones are paired: the last n of each, n the shorter length.
+`embedding`, whichever the method reads). The one pairing rule: when the two defaults differ in length
+(heterogeneous pairs), the deepest ones are paired, the last n of each, n the shorter length. VID alone
+pairs from the first (`pairing="first"`), as RepDistiller's VID zips the two lists.
 """
 from __future__ import annotations
+
+import logging
 
 import torch
 import torch.nn as nn
@@ -14,6 +17,8 @@ import torch.nn.functional as F
 from kdrun.errors import UserError, require
 from kdrun.methods.weighted import WeightedDistiller
 from kdrun.models.features import feature_layers, feature_shapes, parameters_up_to
+
+log = logging.getLogger("kdrun")
 
 
 class FeatureDistiller(WeightedDistiller):
@@ -28,13 +33,17 @@ class FeatureDistiller(WeightedDistiller):
                     f"got {paths!r}.")
         super().validate(cfg)
 
-    def layer_paths(self, point: str | None = None, select=None, defaults=None) -> tuple[list[str], list[str]]:
+    def layer_paths(self, point: str | None = None, select=None, defaults=None,
+                    pairing: str = "deepest") -> tuple[list[str], list[str]]:
         """(student paths, teacher paths), paired one to one.
 
         Given lists are used as they are; a default list (`defaults(model, role)`, else the models'
-        `point` list) is cut to the deepest entries that pair with the other side, and
-        `select(paths, model)` (e.g. FitNet's "the second stage") picks from default lists.
+        `point` list) is cut to the deepest entries that pair with the other side (`pairing="first"`: the
+        first ones), and `select(paths, model)` (e.g. FitNet's "the second stage") picks from default lists.
         """
+        def cut(p: list[str], n: int) -> list[str]:
+            return p[:n] if pairing == "first" else p[len(p) - n:]
+
         point = point or self.point
         defaults = defaults or (lambda model, role: default_points(model, point, role))
         models = {"student": self.student, "teacher": self.teacher}
@@ -42,16 +51,21 @@ class FeatureDistiller(WeightedDistiller):
         paths = {role: [str(p) for p in given[role]] if given[role] is not None
                  else defaults(model, role) for role, model in models.items()}
         if given["student"] is None and given["teacher"] is None:
-            n = min(len(paths["student"]), len(paths["teacher"]))
+            lengths = {role: len(p) for role, p in paths.items()}
+            n = min(lengths.values())
             for role, p in paths.items():
-                paths[role] = select(p[len(p) - n:], models[role]) if select else p[len(p) - n:]
+                paths[role] = select(cut(p, n), models[role]) if select else cut(p, n)
             n = min(len(paths["student"]), len(paths["teacher"]))  # `select` may add to one side only
-            paths = {role: p[len(p) - n:] for role, p in paths.items()}
+            paths = {role: cut(p, n) for role, p in paths.items()}
+            if lengths["student"] != lengths["teacher"]:
+                log.info("%s: the student has %d %s and the teacher %d; pairing the %s: %s.", self.cfg.name,
+                         lengths["student"], point, lengths["teacher"], "first" if pairing == "first" else "deepest",
+                         list(zip(paths["student"], paths["teacher"])))
         else:
             for role, other in (("student", "teacher"), ("teacher", "student")):
                 if given[role] is None:
                     p = select(paths[role], models[role]) if select else paths[role]
-                    paths[role] = p[max(0, len(p) - len(paths[other])):]
+                    paths[role] = cut(p, min(len(p), len(paths[other])))
         s, t = paths["student"], paths["teacher"]
         require(len(s) == len(t) and len(s) > 0,
                 f"method {self.cfg.name!r} pairs student and teacher features one to one, but got {len(s)} "

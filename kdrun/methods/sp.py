@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from kdrun.methods import METHODS
-from kdrun.methods.weighted import WeightedDistiller, flat
+from kdrun.methods.feature import FeatureDistiller
+from kdrun.methods.weighted import flat
 from dataclasses import dataclass
 from kdrun.methods.config import WithFeatures
 
@@ -30,13 +31,13 @@ class SPConfig(WithFeatures):
 
 
 @METHODS.register("sp")
-class SimilarityPreserving(WeightedDistiller):
+class SimilarityPreserving(FeatureDistiller):
     own_terms = ("sp",)
     Config = SPConfig
 
     def __init__(self, student, teacher, cfg, info):
         super().__init__(student, teacher, cfg, info)
-        self.s_paths, self.t_paths = self.paired_paths("stages", lambda p: p[-1:])
+        self.s_paths, self.t_paths = self.layer_paths(select=lambda paths, model: paths[-1:])
         self.watch(self.s_paths, self.t_paths)
 
     def terms(self, needed, batch):

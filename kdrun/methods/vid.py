@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from kdrun.errors import require
 from kdrun.methods import METHODS
-from kdrun.methods.weighted import WeightedDistiller
+from kdrun.methods.feature import FeatureDistiller
 from kdrun.models.features import feature_shapes
 from dataclasses import dataclass
 from kdrun.methods.config import WithFeatures
@@ -62,7 +62,7 @@ class VIDConfig(WithFeatures):
 
 
 @METHODS.register("vid")
-class VariationalInformation(WeightedDistiller):
+class VariationalInformation(FeatureDistiller):
     own_terms = ("vid",)
     Config = VIDConfig
 
@@ -75,7 +75,7 @@ class VariationalInformation(WeightedDistiller):
 
     def __init__(self, student, teacher, cfg, info):
         super().__init__(student, teacher, cfg, info)
-        self.s_paths, self.t_paths = self.paired_paths("stages", list)
+        self.s_paths, self.t_paths = self.layer_paths(pairing="first")  # RepDistiller's VID zips from the first
         s_shapes = feature_shapes(student, self.s_paths, self.sample_input(), "student")
         t_shapes = feature_shapes(teacher, self.t_paths, self.sample_input(), "teacher")
         for path, shape in [*s_shapes.items(), *t_shapes.items()]:

@@ -65,22 +65,6 @@ class WeightedDistiller(Distiller):
                            f"{self.cfg.name}. Name module paths with {key}=[...].")
         return pick(available)
 
-    def paired_paths(self, group: str, pick: Callable[[list[str]], list[str]]) -> tuple[list[str], list[str]]:
-        """Student and teacher paths read in pairs (one loss per pair). Default lists of different
-        lengths are paired from the first stage on, as RepDistiller zips them; named lists must match."""
-        s_paths, t_paths = self.feature_paths("student", group, pick), self.feature_paths("teacher", group, pick)
-        named = self.cfg.get("student_features") is not None or self.cfg.get("teacher_features") is not None
-        if len(s_paths) != len(t_paths) and not named:
-            n = min(len(s_paths), len(t_paths))
-            log.info("%s: the student has %d %s and the teacher %d; pairing the first %d: %s.", self.cfg.name,
-                     len(s_paths), group, len(t_paths), n, list(zip(s_paths[:n], t_paths[:n])))
-            s_paths, t_paths = s_paths[:n], t_paths[:n]
-        require(len(s_paths) == len(t_paths),
-                f"{self.cfg.name} compares student and teacher features in pairs, but got {len(s_paths)} "
-                f"student path(s) {s_paths} and {len(t_paths)} teacher path(s) {t_paths}. Give as many "
-                f"method.student_features as method.teacher_features.")
-        return s_paths, t_paths
-
     def single_path(self, role: str, group: str = "embedding") -> str:
         paths = self.feature_paths(role, group, lambda p: p[-1:])
         require(len(paths) == 1, f"{self.cfg.name} reads one feature per model (the embedding), but "
