@@ -27,6 +27,10 @@ class Registry(Generic[T]):
 
         return add(obj) if obj is not None else add
 
+    def unregister(self, name: str) -> None:
+        """Take a name out again (a test's own entry, when the test is done)."""
+        del self._entries[name]
+
     def names(self) -> list[str]:
         return sorted(self._entries, key=_natural_key)
 
@@ -48,6 +52,21 @@ class Registry(Generic[T]):
             f"Unknown {self.kind} {name!r}.{hint} Valid {self.kind} names ({self.group}=NAME): "
             f"{', '.join(self.names())}."
         )
+
+
+def target_class(path: str, base: type, key: str, what: str) -> type:
+    """The class a `_target_` names (`mypackage.module.Class`), which must be a subclass of `base`."""
+    from hydra.utils import get_class
+
+    try:
+        cls = get_class(path)
+    except Exception as e:  # noqa: BLE001  (Hydra wraps the import's own error)
+        raise UserError(f"{key}={path} cannot be imported ({' '.join(str(e).split())[:300]}). Check the module "
+                        f"path, and that its folder is importable (e.g. PYTHONPATH=. when it is in the current "
+                        f"directory).") from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise UserError(f"{key}={path} is not {what}.")
+    return cls
 
 
 def _natural_key(name: str):

@@ -42,8 +42,12 @@ class MLPHint(KD):
         return [*self.student.hidden[0].parameters(), *self.regressor.parameters()]
 
 
-if "mlp_hint_test" not in METHODS:
+@pytest.fixture(autouse=True)
+def mlp_hint_method():
+    """The test method in the registry for this module's tests only."""
     METHODS.register("mlp_hint_test", MLPHint)
+    yield
+    METHODS.unregister("mlp_hint_test")
 
 TWO_LAYERS = ["student.hidden=[16,12]"]
 HINT = QUICK + TWO_LAYERS + ["method.name=mlp_hint_test"]

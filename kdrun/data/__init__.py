@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 import torch
 from omegaconf import DictConfig
@@ -10,18 +11,29 @@ from omegaconf import DictConfig
 from kdrun.data.augment import build_augment
 from kdrun.data.base import DataInfo, Dataset, RawData, Split, channel_stats, hold_out
 from kdrun.data.whiten import whiten_splits, whitening_from_config
-from kdrun.errors import require
-from kdrun.registry import Registry
+from kdrun.data import cifar, digits, mnist, synthetic  # noqa: F401  (loaders register themselves)
+from kdrun.data.registry import DATASETS
+from kdrun.errors import UserError, require
 
-DATASETS: Registry = Registry("dataset", "dataset")
 log = logging.getLogger("kdrun")
 
-# Loaders register themselves on import.
-from kdrun.data import cifar, digits, mnist, synthetic  # noqa: E402,F401
+
+def dataset_loader(cfg: DictConfig) -> Callable[[DictConfig], RawData]:
+    """A dataset's loader: by name from the registry, or your own (`_target_: mypackage.load_mine`, a
+    function of the dataset's config node that returns a `kdrun.data.base.RawData`)."""
+    if not cfg.get("_target_"):
+        return DATASETS.get(str(cfg.name))
+    from hydra.utils import get_method
+
+    try:
+        return get_method(str(cfg._target_))
+    except Exception as e:  # noqa: BLE001  (Hydra wraps the import's own error)
+        raise UserError(f"dataset._target_={cfg._target_} cannot be imported ({' '.join(str(e).split())[:300]}). "
+                        f"Check the module path, and that its folder is importable (e.g. PYTHONPATH=.).") from None
 
 
 def build_dataset(cfg: DictConfig, device: torch.device) -> Dataset:
-    loader = DATASETS.get(cfg.name)
+    loader = dataset_loader(cfg)
     for key in ("train_size", "test_size"):
         value = cfg.get(key)
         require(value is None or int(value) > 0, f"dataset.{key} must be a positive number or null, got {value}.")
@@ -31,6 +43,8 @@ def build_dataset(cfg: DictConfig, device: torch.device) -> Dataset:
     augment = build_augment(cfg.augment) if "augment" in cfg else None
     whitening = whitening_from_config(cfg.get("whiten"))
     raw: RawData = loader(cfg)
+    require(isinstance(raw, RawData), f"The loader of dataset {cfg.name!r} returned {type(raw).__name__}, not a "
+                                      f"kdrun.data.base.RawData (its train and test splits).")
     train, test = raw.train, raw.test
     if cfg.get("test_size"):
         test = test.take(torch.arange(min(int(cfg.test_size), len(test))))

@@ -17,6 +17,7 @@ import torch
 from kdrun.data.base import RawData, Split
 from kdrun.data.files import data_root, require_files
 from kdrun.errors import UserError
+from kdrun.data.registry import DATASETS
 
 # What the pickles of CIFAR (written by Python 2, or by Python 3 copies) may refer to: numpy arrays.
 SAFE_GLOBALS = {
@@ -108,8 +109,6 @@ CIFAR100 = CifarLayout(
     label_key="fine_labels", names_key="fine_label_names", num_classes=100,
     url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", md5="eb9058c3a382ffc7106e4002c42a8d85",
 )
-
-from kdrun.data import DATASETS  # noqa: E402
 
 DATASETS.register("cifar10", CIFAR10.load)
 DATASETS.register("cifar100", CIFAR100.load)

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from kdrun.data.base import RawData, Split
+from kdrun.data.registry import DATASETS
 
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0  # the split is part of the dataset's definition: never tied to the run's seed
@@ -33,7 +34,5 @@ def load_digits_raw(cfg) -> RawData:
 
     return RawData(split(~test_mask), split(test_mask), num_classes=10, class_names=[str(i) for i in range(10)])
 
-
-from kdrun.data import DATASETS  # noqa: E402
 
 DATASETS.register("digits", load_digits_raw)

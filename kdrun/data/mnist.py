@@ -11,6 +11,7 @@ import torch
 from kdrun.data.base import RawData, Split
 from kdrun.data.files import data_root, require_files
 from kdrun.errors import UserError
+from kdrun.data.registry import DATASETS
 
 # torchvision's mirrors and archives (the MD5s check a fresh download only, never files already there).
 MIRRORS = ["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"]
@@ -83,7 +84,5 @@ def load_mnist(cfg) -> RawData:
 
     return RawData(split("train"), split("t10k"), num_classes=10, class_names=[str(i) for i in range(10)])
 
-
-from kdrun.data import DATASETS  # noqa: E402
 
 DATASETS.register("mnist", load_mnist)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from kdrun.data.base import RawData, Split
 from kdrun.errors import require
+from kdrun.data.registry import DATASETS
 
 
 def make_synthetic(cfg) -> RawData:
@@ -29,7 +30,5 @@ def make_synthetic(cfg) -> RawData:
 
     return RawData(split(n_train), split(n_test), num_classes=classes)
 
-
-from kdrun.data import DATASETS  # noqa: E402
 
 DATASETS.register("synthetic", make_synthetic)

@@ -7,24 +7,26 @@ import torch.nn as nn
 from omegaconf import DictConfig
 
 from kdrun.data.base import DataInfo
-from kdrun.registry import Registry
-
-METHODS: Registry = Registry("method", "method")
-
-from kdrun.methods import ce, kd  # noqa: E402,F401  (register themselves)
-from kdrun.methods import ab, at, fitnet, fsp, ft, nst  # noqa: E402,F401
-from kdrun.methods import cc, crd, dkd, pkt, rkd, sp, vid  # noqa: E402,F401
-from kdrun.methods.base import Distiller  # noqa: E402
+from kdrun.methods import ab, at, cc, ce, crd, dkd, fitnet, fsp, ft, kd, nst, pkt, rkd, sp, vid  # noqa: F401  (register)
+from kdrun.methods.base import Distiller
+from kdrun.methods.registry import METHODS
+from kdrun.registry import target_class
 
 
-def method_class(name: str) -> type[Distiller]:
-    return METHODS.get(name)
+def method_class(cfg) -> type[Distiller]:
+    """The class of a method: a name of the registry, or a config node that names one (`name`) or a
+    class of your own (`_target_: mypackage.MyMethod`, a Distiller subclass)."""
+    if isinstance(cfg, str):
+        return METHODS.get(cfg)
+    if cfg.get("_target_"):
+        return target_class(str(cfg._target_), Distiller, "method._target_", "a method (a kdrun.methods.Distiller subclass)")
+    return METHODS.get(str(cfg.name))
 
 
 def build_method(cfg: DictConfig, student: nn.Module, teacher: Optional[nn.Module], info: DataInfo) -> Distiller:
     """The method of a config node, its values checked first (a run checks each stage's once, in
     kdrun.schedules.spec, and builds with the class itself)."""
-    cls = method_class(cfg.name)
+    cls = method_class(cfg)
     cls.validate(cfg)
     return cls(student, teacher, cfg, info)
 

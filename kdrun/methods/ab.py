@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from kdrun.errors import require
-from kdrun.methods import METHODS
+from kdrun.methods.registry import METHODS
 from kdrun.methods.feature import FeatureDistiller, InitStage, regressor
 from dataclasses import dataclass
 from typing import Optional

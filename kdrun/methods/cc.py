@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from kdrun.errors import require
-from kdrun.methods import METHODS
+from kdrun.methods.registry import METHODS
 from kdrun.methods.weighted import WeightedDistiller, flat, zero_like_graph
 from kdrun.models.features import feature_shapes
 from dataclasses import dataclass

@@ -1,5 +1,5 @@
 """`ce`: the student alone on hard labels (the baseline every KD table starts from)."""
-from kdrun.methods import METHODS
+from kdrun.methods.registry import METHODS
 from kdrun.methods.base import Distiller
 from dataclasses import dataclass
 from typing import Optional

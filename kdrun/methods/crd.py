@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kdrun.errors import require
-from kdrun.methods import METHODS
+from kdrun.methods.registry import METHODS
 from kdrun.methods.weighted import WeightedDistiller, flat
 from kdrun.models.features import feature_shapes
 from dataclasses import dataclass

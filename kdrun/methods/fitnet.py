@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kdrun.errors import UserError, require
-from kdrun.methods import METHODS
+from kdrun.methods.registry import METHODS
 from kdrun.methods.feature import FeatureDistiller, InitStage, regressor
 from kdrun.models.maxout import MaxoutConv
 from dataclasses import dataclass

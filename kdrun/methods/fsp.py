@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from kdrun.errors import require
-from kdrun.methods import METHODS
+from kdrun.methods.registry import METHODS
 from kdrun.methods.feature import FeatureDistiller, InitStage, default_points, match_spatial
 from kdrun.models.features import feature_points, resolve
 from dataclasses import dataclass

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from kdrun.errors import require
-from kdrun.methods import METHODS
+from kdrun.methods.registry import METHODS
 from kdrun.methods.base import Distiller
 from kdrun.models import MODELS
 from kdrun.models.ensemble import ENSEMBLE_MEANS, TeacherEnsemble, ensemble_probs

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from kdrun.errors import require
-from kdrun.methods import METHODS
+from kdrun.methods.registry import METHODS
 from kdrun.methods.feature import FeatureDistiller, match_spatial
 from dataclasses import dataclass
 from typing import Optional

@@ -7,7 +7,7 @@ k_ij = (cos(f_i, f_j) + 1) / 2, p_ij = k_ij / sum_j k_ij. loss = mean_ij p^t_ij 
 """
 import torch
 
-from kdrun.methods import METHODS
+from kdrun.methods.registry import METHODS
 from kdrun.methods.weighted import WeightedDistiller, flat
 from dataclasses import dataclass
 from kdrun.methods.config import WithFeatures

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from kdrun.errors import require
-from kdrun.methods import METHODS
+from kdrun.methods.registry import METHODS
 from kdrun.methods.weighted import WeightedDistiller, flat, zero_like_graph
 from dataclasses import dataclass
 from kdrun.methods.config import WithFeatures

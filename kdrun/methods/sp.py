@@ -7,7 +7,7 @@ the last stage of each model (RepDistiller's feat[-2]).
 import torch
 import torch.nn.functional as F
 
-from kdrun.methods import METHODS
+from kdrun.methods.registry import METHODS
 from kdrun.methods.feature import FeatureDistiller
 from kdrun.methods.weighted import flat
 from dataclasses import dataclass

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kdrun.errors import require
-from kdrun.methods import METHODS
+from kdrun.methods.registry import METHODS
 from kdrun.methods.feature import FeatureDistiller
 from kdrun.models.features import feature_shapes
 from dataclasses import dataclass

@@ -34,17 +34,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdrun.data.base import DataInfo
 from kdrun.errors import UserError
-from kdrun.models import args
-from kdrun.registry import Registry, call_with_supported
-
-MODELS: Registry = Registry("model", "teacher/student")
+from kdrun.models import (  # noqa: F401  (importing a family registers its names)
+    args, maxout, mlp, mobilenetv2, plain, resnet, resnet_imagenet, shufflenet, vgg, wrn)
+from kdrun.models.registry import MODELS
+from kdrun.registry import call_with_supported
 
 SHAPE_ARGS = ("num_classes", "in_channels", "image_size")
 NODE_KEYS = ("name", "checkpoint", "train", "seed", "_target_")  # config keys that are not constructor arguments
-
-# Importing a family registers its names.
-from kdrun.models import (  # noqa: E402,F401
-    maxout, mlp, mobilenetv2, plain, resnet, resnet_imagenet, shufflenet, vgg, wrn)
 
 
 def model_defaults(name: str) -> dict:

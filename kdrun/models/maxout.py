@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from kdrun.models import args
+from kdrun.models.registry import MODELS
 
 CONV_LR_SCALE = 0.05  # W_lr_scale and b_lr_scale of every conv layer in the authors' configs
 IRANGE = 0.005
@@ -200,8 +201,6 @@ def fitnet(num_classes: int, in_channels: int, image_size, version: int = 4) -> 
             channels = units
     return MaxoutNet(layers, (channels, 1, 1), num_classes, stage_ends)
 
-
-from kdrun.models import MODELS  # noqa: E402
 
 MODELS.register("maxout_cifar", maxout_cifar)
 for _v in FITNETS:

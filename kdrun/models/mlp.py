@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from kdrun.models import args
 from kdrun.models.maxout import cap_norms_
+from kdrun.models.registry import MODELS
 
 
 class MaxNormLinear(nn.Linear):
@@ -57,8 +58,6 @@ class MLP(nn.Module):
             "embedding": ["fc:in"],
         }
 
-
-from kdrun.models import MODELS  # noqa: E402
 
 MODELS.register("mlp", MLP)
 MODELS.register("mlp_1200", partial(MLP, hidden=(1200, 1200)))

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from kdrun.models import args
 from kdrun.models.weights import init_reference
+from kdrun.models.registry import MODELS
 
 # expansion t, channels c, blocks n, first stride s
 SETTING = [(1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2),
@@ -76,7 +77,5 @@ class MobileNetV2(nn.Module):
         return {"stages": stages, "preact": list(stages), "embedding": ["classifier.0:in"], "stem": ["conv1"],
                 "feature_layers": ["conv1", "blocks"]}
 
-
-from kdrun.models import MODELS  # noqa: E402
 
 MODELS.register("mobilenetv2", MobileNetV2)

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from kdrun.models import args
+from kdrun.models.registry import MODELS
 
 BOOKS = {
     "cifar10": {
@@ -84,8 +85,6 @@ class PlainCNN(nn.Module):
             "embedding": [f"fc_layers.{len(self.fc_layers) - 1}:in"],
         }
 
-
-from kdrun.models import MODELS  # noqa: E402
 
 for _depth in (2, 4, 6, 8, 10):
     MODELS.register(f"plain{_depth}", partial(PlainCNN, depth=_depth))

@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from kdrun.models import args
 from kdrun.models.weights import init_reference
+from kdrun.models.registry import MODELS
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -81,8 +82,6 @@ class ResNet(nn.Module):
             "feature_layers": ["conv1", "bn1", "relu", *layers],
         }
 
-
-from kdrun.models import MODELS  # noqa: E402
 
 MODELS.register("resnet", ResNet)
 for _depth in (8, 14, 20, 32, 44, 56, 110):

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 from kdrun.models import args
 from kdrun.models.weights import init_reference
+from kdrun.models.registry import MODELS
 
 
 def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
@@ -105,8 +106,6 @@ class ResNetImageNet(nn.Module):
             "feature_layers": ["conv1", "bn1", *layers],
         }
 
-
-from kdrun.models import MODELS  # noqa: E402
 
 MODELS.register("resnet18", partial(ResNetImageNet, block="basic", num_blocks=(2, 2, 2, 2)))
 MODELS.register("resnet34", partial(ResNetImageNet, block="basic", num_blocks=(3, 4, 6, 3)))

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from kdrun.models import args
+from kdrun.models.registry import MODELS
 
 
 class ShuffleBlock(nn.Module):
@@ -191,8 +192,6 @@ def _shufflenet_points(model: nn.Module, classifier: str) -> dict[str, list[str]
         "feature_layers": ["conv1", "bn1", *layers],
     }
 
-
-from kdrun.models import MODELS  # noqa: E402
 
 MODELS.register("shufflenetv1", ShuffleNetV1)
 MODELS.register("shufflenetv2", ShuffleNetV2)

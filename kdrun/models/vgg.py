@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 from kdrun.models import args
 from kdrun.models.weights import init_reference
+from kdrun.models.registry import MODELS
 
 CONFIGS = {
     "vgg8": [[64], [128], [256], [512], [512]],
@@ -73,8 +74,6 @@ class VGG(nn.Module):
 def _pair(size) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else tuple(size)
 
-
-from kdrun.models import MODELS  # noqa: E402
 
 for _name in CONFIGS:
     MODELS.register(_name, partial(VGG, variant=_name))

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from kdrun.models import args
 from kdrun.models.weights import init_reference
+from kdrun.models.registry import MODELS
 
 
 class BasicBlock(nn.Module):
@@ -86,8 +87,6 @@ class WideResNet(nn.Module):
             "feature_layers": ["conv1", "block1", "block2", "block3"],
         }
 
-
-from kdrun.models import MODELS  # noqa: E402
 
 MODELS.register("wrn", WideResNet)
 for _depth in (10, 16, 22, 28, 40):

@@ -149,7 +149,7 @@ class ScheduleRunner:
                 require_input_size(model, lambda sized, c=model_cfg, r=role: build_model(c, sized, r), info, who, device,
                                    zoo=not model_cfg.get("_target_"))
                 instances[stage.model] = model
-            method_cls = method_class(str(stage.method_cfg.name))
+            method_cls = method_class(stage.method_cfg)
             teacher = None
             if method_cls.uses_teacher:
                 teacher = self.teacher if stage.teacher == "teacher" else previous
@@ -195,7 +195,7 @@ class ScheduleRunner:
         else:
             model, start_key = self.instances[stage.model]
             model.requires_grad_(True)  # it may have served as a teacher (frozen) in between
-        method_cls = method_class(str(stage.method_cfg.name))
+        method_cls = method_class(stage.method_cfg)
         teacher, teacher_key, source = None, None, "no teacher"
         if method_cls.uses_teacher:
             if stage.teacher == "teacher":
@@ -240,7 +240,7 @@ class ScheduleRunner:
             return d
         if d is not None:
             d.remove_hooks()
-        self.distiller = method_class(str(stage.method_cfg.name))(model, teacher, stage.method_cfg, self.data.info)
+        self.distiller = method_class(stage.method_cfg)(model, teacher, stage.method_cfg, self.data.info)
         return self.distiller.to(self.data.device)
 
     def train(self, stage: Stage, model: nn.Module, teacher: Optional[nn.Module], label: str, key: str,

@@ -180,7 +180,9 @@ def stage_recipe(cfg: DictConfig, path: str, where: str) -> Recipe:
 def check_stage(stage: Stage, where: str) -> None:
     if stage.model != "student":
         MODELS.get(stage.model)  # an unknown name lists the valid ones
-    method_cls = method_class(str(stage.method_cfg.name))
+    method_cls = method_class(stage.method_cfg)
+    if stage.method_cfg.get("_target_"):  # a method of your own: its schema is checked here, not by Hydra
+        typed_like(method_cls.Config, stage.method_cfg, "method")
     method_cls.validate(stage.method_cfg)
     if stage.phase == "init":
         require(method_cls.has_init_stage,
@@ -189,6 +191,17 @@ def check_stage(stage: Stage, where: str) -> None:
     require(stage.teacher != "none" or not method_cls.uses_teacher,
             f"{where} has teacher `none` but its method {stage.method_cfg.name!r} needs a teacher; "
             f"use teacher `teacher` or `previous`, or a method without a teacher (ce).")
+
+
+def typed_like(schema: type, node: DictConfig, where: str) -> None:
+    """`node` (less its `_target_`) checked against a dataclass schema: types and unknown keys, in kdrun's words."""
+    from kdrun.schema.errors import user_error
+
+    values = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
+    try:
+        OmegaConf.merge(OmegaConf.structured(schema), values)
+    except OmegaConfBaseException as e:
+        raise user_error(e, prefix=where) from None
 
 
 def init_stage_methods() -> list[str]:

@@ -48,7 +48,7 @@ def run(cfg: DictConfig, run_dir: Path, claimed: Optional[tuple[str, Optional[He
     # Everything a user can get wrong is checked before any training.
     check_names(cfg)
     stages = build_stages(cfg)  # validates each stage's method config, once
-    needs_teacher = any(s.teacher == "teacher" and method_class(str(s.method_cfg.name)).uses_teacher
+    needs_teacher = any(s.teacher == "teacher" and method_class(s.method_cfg).uses_teacher
                         for s in stages)
     if needs_teacher and not cfg.teacher.get("checkpoint"):
         Recipe.from_config(cfg.teacher.train, "teacher.train")

@@ -1,0 +1,97 @@
+"""A method and a dataset of your own, selected with `_target_` from your own config folder (`-cd`), with
+no edit of kdrun: the same path a user's own model takes (tests/test_models.py)."""
+import os
+
+from conftest import REPO, kdrun_cli, read_json, run_dirs
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+MY_METHOD = '''
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from kdrun.methods.base import Distiller
+from kdrun.methods.config import MethodConfig
+
+
+@dataclass
+class LogitMatchingConfig(MethodConfig):
+    name: str = "logit_l2"
+    ce_weight: float = 1.0
+    beta: float = 0.5  # weight of the L2 between student and teacher logits
+
+
+class LogitMatching(Distiller):
+    """Ba & Caruana 2014's logit regression, beside the hard labels."""
+    Config = LogitMatchingConfig
+
+    def weights(self, epoch, phase="main"):
+        return {**super().weights(epoch, phase), "logit_l2": float(self.cfg.beta)}
+
+    def terms(self, needed, batch):
+        out = super().terms(needed, batch)
+        if "logit_l2" in needed:
+            out["logit_l2"] = F.mse_loss(batch.s_logits, batch.t_logits)
+        return out
+'''
+
+MY_DATASET = '''
+import torch
+
+from kdrun.data.base import RawData, Split
+
+
+def load_stripes(cfg):
+    """Two classes of 1x6x6 images: horizontal or vertical stripes, with noise."""
+    g = torch.Generator().manual_seed(0)
+    def split(n):
+        y = torch.arange(n) % 2
+        base = torch.zeros(n, 1, 6, 6)
+        base[y == 0, :, ::2, :] = 1.0
+        base[y == 1, :, :, ::2] = 1.0
+        x = ((base + 0.3 * torch.randn(n, 1, 6, 6, generator=g)).clamp(0, 1) * 255).to(torch.uint8)
+        return Split(x, y)
+    return RawData(split(int(cfg.size)), split(32), num_classes=2, class_names=["horizontal", "vertical"])
+'''
+
+
+def write_package(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "my_method.py").write_text(MY_METHOD)
+    (tmp_path / "pkg" / "my_data.py").write_text(MY_DATASET)
+    (tmp_path / "conf" / "method").mkdir(parents=True)
+    (tmp_path / "conf" / "dataset").mkdir(parents=True)
+    (tmp_path / "conf" / "method" / "logit_l2.yaml").write_text(
+        "_target_: my_method.LogitMatching\nname: logit_l2\nce_weight: 1.0\nbeta: 0.5\n")
+    (tmp_path / "conf" / "dataset" / "stripes.yaml").write_text(
+        "_target_: my_data.load_stripes\nname: stripes\nsize: 64\n")
+    return {"PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path / "pkg")]), **ONE_THREAD}
+
+
+ARGS = ["teacher=mlp", "teacher.hidden=[16]", "student=mlp", "student.hidden=[8]", "train.epochs=2",
+        "teacher.train.epochs=2", "train.batch_size=16", "teacher.train.batch_size=16", "progress=false"]
+
+
+def test_a_users_own_method_and_dataset_run_without_editing_kdrun(tmp_path):
+    env = write_package(tmp_path)
+    out = kdrun_cli(["-cd", str(tmp_path / "conf"), "method=logit_l2", "dataset=stripes", *ARGS], cwd=tmp_path,
+                    env=env)
+    assert out.returncode == 0, out.stderr
+    metrics = read_json(run_dirs(tmp_path / "outputs")[0] / "metrics.json")
+    assert metrics["status"] == "completed" and metrics["dataset"] == "stripes"
+    losses = metrics["history"][-1]["losses"]
+    assert set(losses) == {"ce", "logit_l2"}
+
+
+def test_a_users_own_method_is_checked_against_its_schema(tmp_path):
+    env = write_package(tmp_path)
+    out = kdrun_cli(["-cd", str(tmp_path / "conf"), "method=logit_l2", "dataset=stripes", "method.beta=abc", *ARGS],
+                    cwd=tmp_path, env=env)
+    text = out.stdout + out.stderr
+    assert out.returncode == 2, text
+    assert "method.beta=abc: expected a number" in text and "Traceback" not in text
+    out = kdrun_cli(["-cd", str(tmp_path / "conf"), "method=logit_l2", "dataset=stripes", "method._target_=nowhere.X",
+                     *ARGS], cwd=tmp_path, env=env)
+    text = out.stdout + out.stderr
+    assert out.returncode == 2 and "method._target_=nowhere.X cannot be imported" in text, text
