@@ -64,6 +64,6 @@ def register_configs() -> None:
         cs.store(group="schema/schedule", name=name, node=schema, provider="kdrun")
     cs.store(group="schema/launcher", name="local_gpus", node=LocalGpusConf, provider="kdrun")
     for name in MODELS.names():
-        cs.store(group="student", name=name, node=model_schema(name, teacher=False), provider="kdrun")
-        cs.store(group="teacher", name=name, node=model_schema(name, teacher=True), provider="kdrun")
+        cs.store(group="student", name=name, node=model_schema(name), provider="kdrun")
+        cs.store(group="teacher", name=name, node=model_schema(name), provider="kdrun")
     _registered = True

@@ -1,10 +1,9 @@
 """A method and a dataset of your own, selected with `_target_` from your own config folder (`-cd`), with
 no edit of kdrun: the same path a user's own model takes (tests/test_models.py)."""
-import os
+import sys
 
-from conftest import REPO, kdrun_cli, read_json, run_dirs
-
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+from conftest import read_json, run_dirs
+from inprocess import kdrun_in_process, one_cpu_thread  # noqa: F401  (autouse fixture)
 
 MY_METHOD = '''
 from dataclasses import dataclass
@@ -56,7 +55,8 @@ def load_stripes(cfg):
 '''
 
 
-def write_package(tmp_path):
+def write_package(tmp_path, monkeypatch):
+    """The package on sys.path (PYTHONPATH=pkg, in a shell), its configs in conf/ (kdrun -cd conf)."""
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "my_method.py").write_text(MY_METHOD)
     (tmp_path / "pkg" / "my_data.py").write_text(MY_DATASET)
@@ -66,32 +66,31 @@ def write_package(tmp_path):
         "_target_: my_method.LogitMatching\nname: logit_l2\nce_weight: 1.0\nbeta: 0.5\n")
     (tmp_path / "conf" / "dataset" / "stripes.yaml").write_text(
         "_target_: my_data.load_stripes\nname: stripes\nsize: 64\n")
-    return {"PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path / "pkg")]), **ONE_THREAD}
+    monkeypatch.syspath_prepend(str(tmp_path / "pkg"))
+    for name in ("my_method", "my_data"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
 
 
 ARGS = ["teacher=mlp", "teacher.hidden=[16]", "student=mlp", "student.hidden=[8]", "train.epochs=2",
         "teacher.train.epochs=2", "train.batch_size=16", "teacher.train.batch_size=16", "progress=false"]
 
 
-def test_a_users_own_method_and_dataset_run_without_editing_kdrun(tmp_path):
-    env = write_package(tmp_path)
-    out = kdrun_cli(["-cd", str(tmp_path / "conf"), "method=logit_l2", "dataset=stripes", *ARGS], cwd=tmp_path,
-                    env=env)
-    assert out.returncode == 0, out.stderr
+def test_a_users_own_method_and_dataset_run_without_editing_kdrun(tmp_path, monkeypatch, capsys):
+    write_package(tmp_path, monkeypatch)
+    code, out = kdrun_in_process(["-cd", str(tmp_path / "conf"), "method=logit_l2", "dataset=stripes", *ARGS],
+                                 tmp_path, monkeypatch, capsys)
+    assert code == 0, out
     metrics = read_json(run_dirs(tmp_path / "outputs")[0] / "metrics.json")
     assert metrics["status"] == "completed" and metrics["dataset"] == "stripes"
     losses = metrics["history"][-1]["losses"]
     assert set(losses) == {"ce", "logit_l2"}
 
 
-def test_a_users_own_method_is_checked_against_its_schema(tmp_path):
-    env = write_package(tmp_path)
-    out = kdrun_cli(["-cd", str(tmp_path / "conf"), "method=logit_l2", "dataset=stripes", "method.beta=abc", *ARGS],
-                    cwd=tmp_path, env=env)
-    text = out.stdout + out.stderr
-    assert out.returncode == 2, text
-    assert "method.beta=abc: expected a number" in text and "Traceback" not in text
-    out = kdrun_cli(["-cd", str(tmp_path / "conf"), "method=logit_l2", "dataset=stripes", "method._target_=nowhere.X",
-                     *ARGS], cwd=tmp_path, env=env)
-    text = out.stdout + out.stderr
-    assert out.returncode == 2 and "method._target_=nowhere.X cannot be imported" in text, text
+def test_a_users_own_method_is_checked_against_its_schema(tmp_path, monkeypatch, capsys):
+    write_package(tmp_path, monkeypatch)
+    code, out = kdrun_in_process(["-cd", str(tmp_path / "conf"), "method=logit_l2", "dataset=stripes",
+                                  "method.beta=abc", *ARGS], tmp_path, monkeypatch, capsys)
+    assert code == 2 and "method.beta=abc: expected a number" in out and "Traceback" not in out, out
+    code, out = kdrun_in_process(["-cd", str(tmp_path / "conf"), "method=logit_l2", "dataset=stripes",
+                                  "method._target_=nowhere.X", *ARGS], tmp_path, monkeypatch, capsys)
+    assert code == 2 and "method._target_=nowhere.X cannot be imported" in out, out

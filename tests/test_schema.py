@@ -82,9 +82,11 @@ def test_a_key_added_with_plus_is_refused_in_the_job_itself(tmp_path, monkeypatc
 
 
 def test_model_nodes_are_typed_from_their_constructors():
-    fields = model_schema("mlp", teacher=True).__dataclass_fields__
-    assert {"name", "hidden", "dropout", "checkpoint", "seed", "train"} <= set(fields)
+    fields = model_schema("mlp").__dataclass_fields__
+    assert {"name", "hidden", "dropout"} <= set(fields)
     assert "num_classes" not in fields  # the dataset's
+    teacher = compose_config(["teacher=mlp"]).teacher  # and a teacher's own keys, typed
+    assert {"checkpoint", "seed", "train"} <= set(teacher) and teacher.train.epochs == 30
     assert compose_config(["student=wrn16_2", "student.drop_rate=0.3"]).student.drop_rate == 0.3
 
 

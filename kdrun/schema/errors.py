@@ -151,8 +151,12 @@ def launcher_keys() -> dict[str, list[str]]:
 
 
 def wrong_value_message(e: ValidationError, key: str, parent: Any) -> str:
+    from kdrun.schema.models import TEACHER_TYPES
+
     value = getattr(e, "value", None)
     expected, default = _expected(e, parent)
+    if expected is None and key.startswith("teacher.") and key[len("teacher."):] in TEACHER_TYPES:
+        expected, default = describe(TEACHER_TYPES[key[len("teacher."):]]), None  # own_teacher's typed keys
     shown = f" (the default is {show(default)})" if default is not _NONE else ""
     if expected is None:
         reason = str(e).strip().splitlines()[0]

@@ -8,6 +8,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from kdrun.errors import UserError
 from kdrun.schema.errors import unknown_key
+from kdrun.schema.models import TEACHER_KEYS
 
 
 def check_keys(cfg: DictConfig, path: str = "") -> None:
@@ -15,6 +16,8 @@ def check_keys(cfg: DictConfig, path: str = "") -> None:
     schema = OmegaConf.get_type(cfg)
     if dataclasses.is_dataclass(schema):
         declared = [f.name for f in dataclasses.fields(schema)]
+        if path == "teacher":
+            declared += TEACHER_KEYS
         for key in cfg.keys():
             if key not in declared and not str(key).startswith("_") and not (path == "" and key == "hydra"):
                 if path in ("teacher", "student"):

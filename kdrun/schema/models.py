@@ -62,37 +62,39 @@ def teacher_recipe() -> Recipe:
                   compile="${train.compile}")
 
 
-TEACHER_KEYS = [("checkpoint", Optional[str], field(default=None)),  # a file of trained weights
-                ("seed", Optional[int], field(default=None)),  # null: the run's seed
-                ("train", Recipe, field(default_factory=teacher_recipe))]
+TEACHER_KEYS = ("checkpoint", "seed", "train")  # a teacher's own keys (own_teacher), beside its model's
+TEACHER_TYPES = {"checkpoint": Optional[str], "seed": Optional[int]}
 
 
-def own_teacher() -> dict:
-    """What the root gives every teacher node before its group's: the keys above, for a teacher of your own
-    (`_target_`, untyped: its constructor judges its keys; `teacher.train` is typed when it is used)."""
-    from omegaconf import OmegaConf
+def own_teacher():
+    """The root's teacher node before the `teacher=NAME` group's merges into it: what every teacher has beyond
+    its model's arguments (its weights' file, seed and recipe, typed), for a zoo model and for your own
+    (`_target_`: its constructor judges its other keys). Kept out of the model schemas, which Hydra copies
+    many times over (kdrun --help)."""
+    from omegaconf import IntegerNode, OmegaConf, StringNode
 
-    return {"checkpoint": None, "seed": None, "train": OmegaConf.to_container(OmegaConf.structured(teacher_recipe()))}
+    return OmegaConf.create({"checkpoint": StringNode(None, is_optional=True),  # a file of trained weights
+                             "seed": IntegerNode(None, is_optional=True),  # null: the run's seed
+                             "train": OmegaConf.structured(teacher_recipe())})
 
 
 @functools.lru_cache(maxsize=None)
-def model_schema(name: str, teacher: bool) -> type:
+def model_schema(name: str) -> type:
+    """The node of `teacher=NAME` and `student=NAME`: the model's name and its constructor's arguments."""
     from kdrun.models import MODELS
 
     fields = [("name", str, field(default=name)), *constructor_fields(MODELS.get(name))]
-    if teacher:
-        fields += TEACHER_KEYS
-    schema = make_dataclass(f"{name}__{'teacher' if teacher else 'student'}", fields)
+    schema = make_dataclass(f"{name}__model", fields)
     schema.__module__ = __name__  # pickled by reference (a sweep job's config): found here, or made by __getattr__
     globals()[schema.__name__] = schema
     return schema
 
 
 def __getattr__(attr: str) -> type:
-    """`kdrun.schema.models.wrn16_2__teacher`: the schema of that model's node, made on first use."""
-    name, _, role = attr.rpartition("__")
-    if name and role in ("teacher", "student"):
-        return model_schema(name, teacher=role == "teacher")
+    """`kdrun.schema.models.wrn16_2__model`: the schema of that model's node, made on first use."""
+    name, _, kind = attr.rpartition("__")
+    if name and kind == "model":
+        return model_schema(name)
     raise AttributeError(attr)
 
 
