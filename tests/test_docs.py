@@ -49,6 +49,7 @@ NOT_RUN = {
     "pytest tests/test_docs.py": "this file",
     "python -m pytest tests/test_mynet.py": "test_the_walkthroughs_tests_pass runs the page's test functions",
     "python -m pytest tests/test_warmup_then_kd.py": "test_the_walkthroughs_tests_pass runs the page's test functions",
+    "python -m pytest tests/test_embed_l2.py": "test_the_walkthroughs_tests_pass runs the page's test functions",
     "mkdocs build --strict": "test_the_site_builds_strictly",
     "mkdocs serve": "a local web server; the site it serves is built by test_the_site_builds_strictly",
 }
@@ -345,7 +346,8 @@ def tiny_run(args: list[str]) -> bool:
 def no_user_modules():
     """The walk-throughs' packages are imported afresh from each test's directory, and forgotten after."""
     def forget():
-        for name in [n for n in sys.modules if n.split(".")[0] in ("mypkg", "test_mynet", "test_warmup_then_kd")]:
+        for name in [n for n in sys.modules
+                     if n.split(".")[0] in ("mypkg", "test_mynet", "test_warmup_then_kd", "test_embed_l2")]:
             del sys.modules[name]
 
     forget()
@@ -532,7 +534,7 @@ def test_the_walkthroughs_tests_pass(workspace, monkeypatch, capsys, tmp_path, n
     monkeypatch.chdir(workspace)
     monkeypatch.syspath_prepend(str(workspace))
     files = sorted((workspace / "tests").glob("test_*.py"))
-    assert {f.name for f in files} >= {"test_mynet.py", "test_warmup_then_kd.py"}
+    assert {f.name for f in files} >= {"test_mynet.py", "test_warmup_then_kd.py", "test_embed_l2.py"}
     ran = []
     for path in files:
         module = runpy.run_path(str(path))
