@@ -43,13 +43,16 @@ def test_a_sweep_composes_each_job_before_any_starts_and_once_more_to_launch_it(
     assert compositions.count("load_sweep_config") == 4
 
 
-def test_the_method_is_validated_once_per_stage(tmp_path, monkeypatch, capsys):
-    calls = []
-    original = KD.validate.__func__
-    monkeypatch.setattr(KD, "validate", classmethod(lambda cls, cfg: calls.append(1) or original(cls, cfg)))
-    code, out = kdrun_in_process([*QUICK, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, monkeypatch, capsys)
+@pytest.mark.parametrize("schedule,stages", [([], 1), (["schedule=ban", "schedule.generations=2"], 2)])
+def test_the_method_is_validated_and_built_once_per_stage(tmp_path, monkeypatch, capsys, schedule, stages):
+    validated, built = [], []
+    original_validate, original_init = KD.validate.__func__, KD.__init__
+    monkeypatch.setattr(KD, "validate", classmethod(lambda cls, cfg: validated.append(1) or original_validate(cls, cfg)))
+    monkeypatch.setattr(KD, "__init__", lambda self, *a: built.append(1) or original_init(self, *a))
+    code, out = kdrun_in_process([*QUICK, *schedule, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, monkeypatch,
+                                 capsys)
     assert code == 0, out
-    assert len(calls) == 1
+    assert (len(validated), len(built)) == (stages, stages)
 
 
 def test_the_issues_examples(tmp_path, monkeypatch, capsys):

@@ -82,9 +82,19 @@ class Distiller(nn.Module):
 
     def watch(self, student_paths: list[str], teacher_paths: list[str] = ()) -> None:
         """Read features at these module paths on every forward."""
+        self._watched = (list(student_paths), list(teacher_paths))
         self._student_hooks = FeatureHooks(self.student, list(student_paths), "student")
         if teacher_paths:
             self._teacher_hooks = FeatureHooks(self.teacher, list(teacher_paths), "teacher")
+
+    def attach(self) -> None:
+        """Ready for its stage, when it was built ahead of it: the teacher frozen in eval mode again (it may
+        have trained in between), the features `watch` named read again (after `remove_hooks`)."""
+        if self.teacher is not None:
+            self.teacher.eval().requires_grad_(False)
+        watched = getattr(self, "_watched", None)
+        if watched is not None and self._student_hooks is None:
+            self.watch(*watched)
 
     def remove_hooks(self) -> None:
         """Stop reading features: a later stage wraps the same models in another method."""

@@ -99,6 +99,12 @@ def hold_statistics(model: nn.Module, trained: list[nn.Parameter]):
     return model.register_forward_pre_hook(to_eval)
 
 
+def same_method(d: Optional[Distiller], model: nn.Module, teacher: Optional[nn.Module], cfg: DictConfig) -> bool:
+    """Whether `d` is the method `cfg` on exactly these models."""
+    return (d is not None and d.student is model and d.teacher is teacher
+            and OmegaConf.to_container(d.cfg, resolve=True) == OmegaConf.to_container(cfg, resolve=True))
+
+
 class ScheduleRunner:
     def __init__(self, cfg: DictConfig, data: Dataset, run_dir: Path, *, teacher: Optional[nn.Module],
                  progress: bool, on_epoch: Callable[[dict], None], on_stage: Callable[[list[dict]], None],
@@ -111,6 +117,9 @@ class ScheduleRunner:
         self.progress, self.on_epoch, self.on_stage = progress, on_epoch, on_stage
         self.distiller: Optional[Distiller] = None
         self.instances: dict[str, tuple[nn.Module, str]] = {}  # model -> (module, key of its weights)
+        # What `check` built for each stage (its fresh model, or None, and its method), used by the stage
+        # itself: each stage's model and method are built once, before any training.
+        self.prepared: dict[str, tuple[Optional[nn.Module], Distiller]] = {}
 
     def model_cfg(self, stage: Stage) -> DictConfig:
         if stage.model == "student":
@@ -137,17 +146,21 @@ class ScheduleRunner:
                     require_no_lone_batch(trainer, self.data, recipe.batch_size, "teacher.train",
                                           f"The teacher {teacher_label(self.cfg)}", model_role="teacher")
         instances: dict[str, nn.Module] = {}
-        previous = None
+        previous, distiller = None, None
         for stage in stages:
+            # As run_stage would: the stage's seed, then its fresh model, then its method (same weights).
+            torch.manual_seed(epoch_seed(self.seed, stage.name, 0))
             model = None if stage.fresh else instances.get(stage.model)
+            built = None
             if model is None:
                 model_cfg = self.model_cfg(stage)
                 role = "student" if stage.model == "student" else None
-                model = build_model(model_cfg, info, role).to(device)
+                model = built = build_model(model_cfg, info, role).to(device)
                 who = f"student={model_label(model_cfg)}" if stage.model == "student" else \
                     f"{stage.model} (stage {stage.name})"
-                require_input_size(model, lambda sized, c=model_cfg, r=role: build_model(c, sized, r), info, who, device,
-                                   zoo=not model_cfg.get("_target_"))
+                with torch.random.fork_rng(devices=[]):  # probes of other sizes leave the seed's draws alone
+                    require_input_size(model, lambda sized, c=model_cfg, r=role: build_model(c, sized, r), info,
+                                       who, device, zoo=not model_cfg.get("_target_"))
                 instances[stage.model] = model
             method_cls = method_class(stage.method_cfg)
             teacher = None
@@ -156,22 +169,27 @@ class ScheduleRunner:
                 if teacher is model:
                     raise UserError(f"Stage {stage.name} would learn from its own model: give it `fresh: true` "
                                     f"or another teacher.")
-            distiller = method_cls(model, teacher, stage.method_cfg, info)
-            try:
-                self.check_lone_batch(stage, model, distiller)
-            finally:
-                distiller.remove_hooks()
+            if not same_method(distiller, model, teacher, stage.method_cfg):  # as method_for carries one over
+                distiller = method_cls(model, teacher, stage.method_cfg, info).to(device)
+                distiller.remove_hooks()  # until its stage: the hooks of one method at a time
+            self.prepared[stage.name] = (built, distiller)
+            self.check_lone_batch(stage, model, distiller)
             previous = model
 
     def check_lone_batch(self, stage: Stage, model: nn.Module, distiller: Distiller) -> None:
+        """One training step on a batch of one example, on the stage's own (untrained) method: its state
+        (batch-norm statistics, memory banks) is put back as it was."""
         if not has_lone_batch(len(self.data.train), stage.train_recipe.batch_size):
             return
-        distiller.to(self.data.device)
         held = hold_statistics(model, distiller.init_parameters()) if stage.phase == "init" else None
+        saved = {k: v.clone() for k, v in distiller.state_dict().items() if isinstance(v, torch.Tensor)}
+        distiller.attach()
         try:
             require_no_lone_batch(distiller, self.data, stage.train_recipe.batch_size, stage.recipe,
                                   f"Stage {stage.name}", phase=stage.phase)
         finally:
+            distiller.remove_hooks()
+            distiller.load_state_dict(saved, strict=False)
             if held is not None:
                 held.remove()
 
@@ -191,7 +209,10 @@ class ScheduleRunner:
         model_cfg = self.model_cfg(stage)
         if stage.fresh or stage.model not in self.instances:
             role = "student" if stage.model == "student" else None
-            model, start_key = build_model(model_cfg, self.data.info, role).to(self.data.device), None
+            built = self.prepared.get(stage.name, (None, None))[0]  # check's, made from the same seed
+            model = built if built is not None else build_model(model_cfg, self.data.info, role).to(self.data.device)
+            model.train().requires_grad_(True)  # a later stage's method, built by check, froze it as its teacher
+            start_key = None
         else:
             model, start_key = self.instances[stage.model]
             model.requires_grad_(True)  # it may have served as a teacher (frozen) in between
@@ -235,12 +256,16 @@ class ScheduleRunner:
         """The stage's method around (model, teacher); the previous stage's when it is the same
         method on the same models, so helpers trained in an init stage (regressors) carry over."""
         d = self.distiller
-        if (d is not None and d.student is model and d.teacher is teacher
-                and OmegaConf.to_container(d.cfg, resolve=True) == OmegaConf.to_container(stage.method_cfg, resolve=True)):
+        if same_method(d, model, teacher, stage.method_cfg):
             return d
         if d is not None:
             d.remove_hooks()
-        self.distiller = method_class(stage.method_cfg)(model, teacher, stage.method_cfg, self.data.info)
+        prepared = self.prepared.get(stage.name, (None, None))[1]
+        if same_method(prepared, model, teacher, stage.method_cfg):  # built by check, for this stage
+            prepared.attach()
+            self.distiller = prepared
+        else:
+            self.distiller = method_class(stage.method_cfg)(model, teacher, stage.method_cfg, self.data.info)
         return self.distiller.to(self.data.device)
 
     def train(self, stage: Stage, model: nn.Module, teacher: Optional[nn.Module], label: str, key: str,
