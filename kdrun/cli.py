@@ -26,7 +26,7 @@ log = logging.getLogger("kdrun")
 def app(cfg: DictConfig):
     from kdrun.results.identity import RunDirTaken, claim, write_config
     from kdrun.schedules.spec import require_complete
-    from kdrun.training.run import report_completed, run
+    from kdrun.run import report_completed, run
     from kdrun.training.signals import RunInterrupted, interrupts_raise
 
     hydra_cfg = HydraConfig.get()

@@ -20,7 +20,7 @@ from kdrun.errors import UserError
 from kdrun.models.mlp import MLP
 from kdrun.schema.keys import check_keys
 from kdrun.training.recipe import Recipe
-from kdrun.training.run import run
+from kdrun.run import run
 
 _quick = []
 

@@ -21,7 +21,7 @@ from kdrun.data.augment import Augmentation, pad, random_flip, random_shift
 from kdrun.errors import UserError
 from kdrun.training.recipe import Recipe
 from kdrun.training.teacher import cache_key
-from kdrun.training.run import run
+from kdrun.run import run
 
 CPU = torch.device("cpu")
 OFFLINE = "http://127.0.0.1:9/"  # the discard port: the connection is refused at once

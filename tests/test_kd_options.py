@@ -13,7 +13,7 @@ from kdrun.errors import UserError
 from kdrun.methods import build_method
 from kdrun.methods.kd import cwtm_loss, permuted_dark_knowledge, soft_target_loss
 from kdrun.models.ensemble import TeacherEnsemble, ensemble_probs
-from kdrun.training.run import run
+from kdrun.run import run
 
 S = torch.tensor([[2.0, 0.5, -1.0, 0.0], [0.1, 0.2, 3.0, -0.5], [1.0, 1.0, 0.0, 0.3]])
 M1 = torch.tensor([[1.5, 1.0, -0.5, 0.2], [-1.0, 0.0, 2.0, 0.1], [0.3, 2.2, 0.0, -1.0]])

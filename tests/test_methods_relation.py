@@ -20,7 +20,7 @@ from kdrun.methods.pkt import pkt_loss
 from kdrun.methods.rkd import rkd_terms
 from kdrun.methods.sp import sp_loss
 from kdrun.methods.vid import VariationalRegressor, gaussian_nll, match_sizes
-from kdrun.training.run import run
+from kdrun.run import run
 
 OURS = ["sp", "cc", "vid", "rkd", "pkt", "crd", "dkd"]
 

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import compose_config, kdrun_cli, read_json
 from kdrun.errors import UserError
-from kdrun.training.run import run
+from kdrun.run import run
 
 TINY = ["dataset=synthetic", "dataset.train_size=16", "dataset.test_size=8", "dataset.image_size=16",
         "dataset.num_classes=4", "train.epochs=1", "train.batch_size=16", "teacher.train.epochs=1",

@@ -9,7 +9,7 @@ from conftest import REPO, compose_config, kdrun_cli, read_json, run_dirs
 from kdrun.errors import UserError
 from kdrun.models import MODELS
 from kdrun.models.features import FeatureHooks, default_feature_shapes, feature_points, resolve
-from kdrun.training.run import run
+from kdrun.run import run
 
 SHAPES = {"cifar10": (10, 3, (32, 32)), "cifar100": (100, 3, (32, 32)), "mnist": (10, 1, (28, 28))}
 CONTRACT_NAMES = (["mlp_1200", "mlp_800", "wrn16_1", "wrn16_2", "wrn16_4", "wrn40_1", "wrn40_2", "wrn10_4", "wrn22_4",

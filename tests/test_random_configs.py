@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from kdrun.errors import UserError
 from kdrun.schema.errors import user_error
 from kdrun.schema.keys import check_keys
-from kdrun.training.run import run
+from kdrun.run import run
 
 SEED = 2026
 CASES = 20

@@ -4,7 +4,7 @@ import json
 import torch
 
 from conftest import QUICK, compose_config, kdrun_cli, read_json, run_dirs
-from kdrun.training.run import run
+from kdrun.run import run
 from kdrun.training.teacher import cache_key
 from kdrun.training.recipe import Recipe
 

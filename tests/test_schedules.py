@@ -15,7 +15,7 @@ from kdrun.models import build_model
 from kdrun.results.metrics import RunRecord
 from kdrun.schedules import build_stages
 from kdrun.schedules.spec import expand
-from kdrun.training.run import run
+from kdrun.run import run
 
 
 class MLPHint(KD):

@@ -110,3 +110,29 @@ def test_stage_recipes_hold_only_what_differs_from_train():
     from kdrun.schedules.spec import stage_recipe
     hint = stage_recipe(cfg, "schedule.hint", "test")
     assert (hint.lr, hint.epochs) == (0.3, 2)
+
+
+def test_no_import_cycles_between_the_packages():
+    """methods, training, schedules and results import one another in one direction only (kdrun/run.py,
+    the run as a whole, sits above them)."""
+    import ast
+    import itertools
+
+    edges = set()
+    for path in (REPO / "kdrun").rglob("*.py"):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        if len(parts) < 3:
+            continue  # a module at kdrun's top level
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            edges |= {(parts[1], n.split(".")[1]) for n in names if n.startswith("kdrun.") and n.count(".") >= 1}
+    packages = ("methods", "training", "schedules", "results")
+    cycles = [(a, b) for a, b in itertools.combinations(packages, 2) if (a, b) in edges and (b, a) in edges]
+    assert not cycles, cycles
+
+
+def test_a_stage_with_every_weight_at_zero_says_so(tmp_path, monkeypatch, capsys):
+    code, out = kdrun_in_process([*QUICK, "method.alpha=0", "method.ce_weight=0", f"hydra.run.dir={tmp_path / 'r'}"],
+                                 tmp_path, monkeypatch, capsys)
+    assert code == 2 and "nothing to train" in out and "weights ce 0, kd 0" in out, out

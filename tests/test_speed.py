@@ -15,8 +15,9 @@ from kdrun.methods.base import Distiller
 from kdrun.training import speed as speed_mod
 from kdrun.training.loop import evaluate, fit
 from kdrun.training.recipe import Recipe
-from kdrun.training.run import run
-from kdrun.training.speed import Speed, resolve_dtype, loss_inputs
+from kdrun.run import run
+from kdrun.methods.precision import loss_inputs
+from kdrun.training.speed import Speed, resolve_dtype
 
 CPU = torch.device("cpu")
 KD = OmegaConf.create({"name": "kd", "T": 4.0, "alpha": 0.9, "ce_weight": None})

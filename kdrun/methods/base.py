@@ -25,7 +25,7 @@ from kdrun.data.base import DataInfo
 from kdrun.errors import require
 from kdrun.methods.config import MethodConfig
 from kdrun.models.features import FeatureHooks
-from kdrun.training.speed import full_precision, loss_inputs
+from kdrun.methods.precision import full_precision, loss_inputs
 
 
 @dataclass

@@ -24,10 +24,10 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from kdrun.errors import UserError
+from kdrun.training.speed import RUNTIME_KEYS  # a recipe's speed keys
 
 NOT_IN_IDENTITY = ("progress", "cache_dir", "device", "per_pair")  # keys that do not change what a run computes
 # (per_pair acts only through the method keys that read it, which are in the identity resolved)
-RUNTIME_KEYS = ("precision", "channels_last", "compile", "cache_teacher")  # a recipe's speed keys
 CONFIG_DIR = ".hydra"  # config.yaml, hydra.yaml, overrides.yaml: written by kdrun (hydra.output_subdir is null)
 METRICS_FILE = "metrics.json"
 CHECKPOINTS = "checkpoints"

@@ -155,7 +155,7 @@ def read_run(run_dir: Path) -> Run:
     choices = {}
     if has_config:
         flat = flatten(config)
-    else:  # a run made without Hydra (kdrun.training.run.run called directly): what metrics.json says
+    else:  # a run made without Hydra (kdrun.run.run called directly): what metrics.json says
         choices = {k: metrics[k] for k in FROM_METRICS if k in metrics}
         flat = {f"{k}.name": v for k, v in choices.items()}
         flat.update({"seed": metrics.get("seed"), "train.epochs": metrics.get("epochs")})

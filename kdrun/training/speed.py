@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 
 from kdrun.errors import UserError
-from kdrun.results.identity import RUNTIME_KEYS
 
+RUNTIME_KEYS = ("precision", "channels_last", "compile", "cache_teacher")  # a recipe's speed keys
 log = logging.getLogger("kdrun")
 
 PRECISIONS = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -133,28 +133,6 @@ def configure_backends(device: torch.device) -> None:
     """cuDNN autotuning: the input shapes of a training loop repeat, so the search pays off."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-
-
-def full_precision(device_type: str):
-    """Autocast off, for the losses; their inputs go through `loss_inputs` first."""
-    return torch.autocast(device_type, enabled=False)
-
-
-def loss_inputs(value):
-    """Floating tensors (also inside dicts, lists, tuples) as fp32 in the standard (NCHW) layout.
-
-    Losses then see the same tensors whatever the precision and memory format of the forward, so
-    a method's `.view(n, -1)` works on channels_last features too. Anything else passes as it is.
-    """
-    if isinstance(value, torch.Tensor):
-        if value.is_floating_point() and value.dtype != torch.float32:
-            value = value.float()
-        return value.contiguous()
-    if isinstance(value, dict):
-        return {k: loss_inputs(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(loss_inputs(v) for v in value)
-    return value
 
 
 def start_stage(distiller: nn.Module, data, recipe):
