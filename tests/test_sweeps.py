@@ -11,7 +11,7 @@ from kdrun.results.report import main as report_main
 
 ZOO = {"mlp_1200", "mlp_800", "wrn16_1", "wrn16_2", "wrn16_4", "wrn40_1", "wrn40_2", "wrn10_4", "wrn22_4", "resnet8",
        "resnet14", "resnet20", "resnet32", "resnet56", "resnet110", "resnet8x4", "resnet32x4", "vgg8", "vgg13",
-       "mobilenetv2", "shufflenetv1", "shufflenetv2"}  # CONTRACT.md's model zoo (plain2..plain10 aside)
+       "mobilenetv2", "shufflenetv1", "shufflenetv2"}  # the zoo docs/models.md lists (plain2..plain10 aside)
 
 
 def test_slots_round_robin_over_gpus_and_first_free_slot():

@@ -1,4 +1,4 @@
-"""`metrics.json`: one per run, rewritten atomically as the run goes (schema in CONTRACT.md)."""
+"""`metrics.json`: one per run, rewritten atomically as the run goes (its keys: docs/runs-and-resuming.md)."""
 from __future__ import annotations
 
 import json
