@@ -126,7 +126,16 @@ def main() -> None:
 
     register_configs()
     try:
-        preflight(sys.argv[1:])
+        args = preflight(sys.argv[1:])
+        if args is not None and args.help and not args.hydra_help:
+            from kdrun.help import help_text
+            from kdrun.schema.errors import user_error
+
+            try:
+                sys.stdout.write(help_text(args.overrides, args.config_dir))
+            except Exception as e:  # noqa: BLE001  (a config error, in kdrun's words)
+                raise user_error(e) from e
+            return
     except UserError as e:
         sys.stderr.write(f"kdrun: {e}\n")
         sys.exit(2)

@@ -39,11 +39,13 @@ def parse_argv(argv: list[str]) -> Optional[argparse.Namespace]:
     return None if unknown else args
 
 
-def preflight(argv: list[str]) -> None:
+def preflight(argv: list[str]) -> Optional[argparse.Namespace]:
+    """The checks of the command line's words; its parsed flags (None where Hydra's parser will refuse it)."""
     check_override_grammar(argv)
     check_modes(argv)
     check_sweep_preset(argv)
     check_launcher(argv)
+    return parse_argv(argv)
 
 
 def check_launcher(argv: list[str]) -> None:

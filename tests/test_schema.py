@@ -136,3 +136,19 @@ def test_a_stage_with_every_weight_at_zero_says_so(tmp_path, monkeypatch, capsys
     code, out = kdrun_in_process([*QUICK, "method.alpha=0", "method.ce_weight=0", f"hydra.run.dir={tmp_path / 'r'}"],
                                  tmp_path, monkeypatch, capsys)
     assert code == 2 and "nothing to train" in out and "weights ce 0, kd 0" in out, out
+
+
+def test_help_lists_the_groups_a_user_chooses_from(tmp_path, monkeypatch, capsys):
+    (tmp_path / "myconf" / "student").mkdir(parents=True)
+    (tmp_path / "myconf" / "student" / "mynet.yaml").write_text("_target_: mypkg.MyNet\nwidth: 3\n")
+    code, out = kdrun_in_process(["-cd", str(tmp_path / "myconf"), "--help", "method=at"], tmp_path, monkeypatch,
+                                 capsys)
+    assert code == 0, out
+    section = out.split("== Config groups (choose with GROUP=OPTION) ==")[1].split("== Config (override")[0]
+    groups = dict(line.split(": ", 1) for line in section.splitlines() if ": " in line)
+    assert set(groups) == {"dataset", "teacher", "student", "method", "schedule", "experiment", "pair", "sweep",
+                           "hydra/launcher"}  # not the schemas' or the presets' own groups
+    assert "mynet" in groups["student"].split(", ") and "wrn40_2" in groups["teacher"].split(", ")
+    assert "name: at" in out.split("== Config (")[1]  # the config of this command line
+    code, out = kdrun_in_process(["--help", "method.Tx=3"], tmp_path, monkeypatch, capsys)
+    assert code == 2 and "Did you mean method.T?" in out, out
