@@ -129,7 +129,6 @@ def main() -> None:
         args = preflight(sys.argv[1:])
         if args is not None and args.help and not args.hydra_help:
             from kdrun.help import help_text
-            from kdrun.schema.errors import user_error
 
             try:
                 sys.stdout.write(help_text(args.overrides, args.config_dir))

@@ -7,7 +7,9 @@ import torch.nn as nn
 from omegaconf import DictConfig
 
 from kdrun.data.base import DataInfo
-from kdrun.methods import ab, at, cc, ce, crd, dkd, fitnet, fsp, ft, kd, nst, pkt, rkd, sp, vid  # noqa: F401  (register)
+from kdrun.methods import (  # noqa: F401  (register)
+    ab, at, cc, ce, crd, dkd, fitnet, fsp, ft, kd, nst, pkt, rkd, sp, vid
+)
 from kdrun.methods.base import Distiller
 from kdrun.methods.registry import METHODS
 from kdrun.registry import target_class

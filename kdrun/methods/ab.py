@@ -17,15 +17,16 @@ helper/pretrain.py: for a WRN, conv1 and the blocks, not the final bn1 whose out
 target), or the whole `student` in train mode (the authors' cifar10_AB_distillation.py). Then the
 task alone; on `schedule=single` the term is added to CE, weighted by beta.
 """
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
 from kdrun.errors import require
-from kdrun.methods.registry import METHODS
-from kdrun.methods.feature import FeatureDistiller, InitStage, regressor
-from dataclasses import dataclass
-from typing import Optional
 from kdrun.methods.config import WithFeatures
+from kdrun.methods.feature import FeatureDistiller, InitStage, regressor
+from kdrun.methods.registry import METHODS
 from kdrun.schema.choice import Choice
 
 CONNECTORS = ("auto", "always")

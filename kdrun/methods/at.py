@@ -7,15 +7,16 @@ the two agree for even p. The term is mean((q_s - q_t)^2), summed over the stage
 of the paper's ||q_s - q_t||; p = 2, beta = 1000). Maps of different sizes are average-pooled to the
 smaller one. Channel counts may differ: the map averages them out.
 """
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
 from kdrun.errors import require
-from kdrun.methods.registry import METHODS
-from kdrun.methods.feature import FeatureDistiller, match_spatial
-from dataclasses import dataclass
-from typing import Optional
 from kdrun.methods.config import WithFeatures
+from kdrun.methods.feature import FeatureDistiller, match_spatial
+from kdrun.methods.registry import METHODS
 from kdrun.schema.choice import Choice
 
 FORMS = ("repdistiller", "paper")

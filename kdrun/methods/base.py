@@ -24,8 +24,8 @@ from omegaconf import DictConfig
 from kdrun.data.base import DataInfo
 from kdrun.errors import require
 from kdrun.methods.config import MethodConfig
-from kdrun.models.features import FeatureHooks
 from kdrun.methods.precision import full_precision, loss_inputs
+from kdrun.models.features import FeatureHooks
 
 
 @dataclass

@@ -5,17 +5,17 @@ with delta_i = |e^s_i - e^t_i|, loss = mean_i sum_d delta_i,d * delta_i+1,d over
 examples of the batch: the correlation between examples that the author's code estimates on the
 batch, which is what the published CIFAR-100 numbers (and beta = 0.02) were obtained with.
 """
+from dataclasses import dataclass
 from math import prod
 
 import torch
 import torch.nn as nn
 
 from kdrun.errors import require
+from kdrun.methods.config import WithFeatures
 from kdrun.methods.registry import METHODS
 from kdrun.methods.weighted import WeightedDistiller, flat, zero_like_graph
 from kdrun.models.features import feature_shapes
-from dataclasses import dataclass
-from kdrun.methods.config import WithFeatures
 
 
 def cc_loss(e_s: torch.Tensor, e_t: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """`ce`: the student alone on hard labels (the baseline every KD table starts from)."""
-from kdrun.methods.registry import METHODS
-from kdrun.methods.base import Distiller
 from dataclasses import dataclass
 from typing import Optional
+
+from kdrun.methods.base import Distiller
 from kdrun.methods.config import MethodConfig
+from kdrun.methods.registry import METHODS
 
 
 @dataclass

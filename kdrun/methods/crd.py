@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from kdrun.errors import require
+from kdrun.methods.config import WithFeatures
 from kdrun.methods.registry import METHODS
 from kdrun.methods.weighted import WeightedDistiller, flat
 from kdrun.models.features import feature_shapes
-from dataclasses import dataclass
-from kdrun.methods.config import WithFeatures
 from kdrun.schema.choice import Choice
 
 log = logging.getLogger("kdrun")

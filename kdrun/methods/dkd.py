@@ -6,15 +6,16 @@ With p = softmax(logits / T) and the true class y:
 dkd = min(epoch / warmup, 1) * T^2 * (dkd_alpha * TCKD + dkd_beta * NCKD), KLs averaged over the batch.
 Classic KD is TCKD + (1 - p_t(y)) * NCKD; DKD frees the NCKD weight. Logits only, no features.
 """
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
 from kdrun.errors import require
+from kdrun.methods.config import WithKD
 from kdrun.methods.registry import METHODS
 from kdrun.methods.weighted import WeightedDistiller
-from dataclasses import dataclass
-from typing import Optional
-from kdrun.methods.config import WithKD
 
 
 def dkd_terms(s_logits: torch.Tensor, t_logits: torch.Tensor, y: torch.Tensor, T: float) -> tuple[torch.Tensor, torch.Tensor]:

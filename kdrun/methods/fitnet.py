@@ -10,18 +10,18 @@ Init stage (the paper's first stage): the student up to the guided layer and the
 trained on the hint loss alone (phase `init`, `init_parameters`); the main stage then drops the hint
 (the paper's second stage: the whole student on CE, plus KD when alpha > 0).
 """
+from dataclasses import dataclass
 from functools import partial
+from typing import Optional
 
 import torch.nn as nn
 import torch.nn.functional as F
 
 from kdrun.errors import UserError, require
-from kdrun.methods.registry import METHODS
-from kdrun.methods.feature import FeatureDistiller, InitStage, regressor
-from kdrun.models.maxout import MaxoutConv
-from dataclasses import dataclass
-from typing import Optional
 from kdrun.methods.config import WithFeatures
+from kdrun.methods.feature import FeatureDistiller, InitStage, regressor
+from kdrun.methods.registry import METHODS
+from kdrun.models.maxout import MaxoutConv
 from kdrun.schema.choice import Choice
 
 REGRESSORS = ("conv_bn_relu", "maxout")

@@ -12,16 +12,17 @@ model that declares no `stem` starts at its first stage's input when that stage 
 The paper trains the student on the FSP loss first (the init stage: the student's `feature_layers` up
 to the last map, the rest in eval mode, as RepDistiller), then on the task alone.
 """
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
 from kdrun.errors import require
-from kdrun.methods.registry import METHODS
-from kdrun.methods.feature import FeatureDistiller, InitStage, default_points, match_spatial
-from kdrun.models.features import feature_points, resolve
-from dataclasses import dataclass
-from typing import Optional
 from kdrun.methods.config import WithFeatures
+from kdrun.methods.feature import FeatureDistiller, InitStage, default_points, match_spatial
+from kdrun.methods.registry import METHODS
+from kdrun.models.features import feature_points, resolve
 
 
 def fsp_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -18,16 +18,17 @@ feature's mean square (`relative`, see `reconstruction_loss`); `auto` takes `mse
 trained in the same stage (weight 1; it sees only teacher features) while the translator and student
 follow its current factor (detached).
 """
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from kdrun.errors import require
-from kdrun.methods.registry import METHODS
-from kdrun.methods.feature import FeatureDistiller, InitStage, match_spatial
-from dataclasses import dataclass
-from typing import Optional
 from kdrun.methods.config import WithFeatures
+from kdrun.methods.feature import FeatureDistiller, InitStage, match_spatial
+from kdrun.methods.registry import METHODS
 from kdrun.schema.choice import Choice
 
 FORMS = ("repdistiller", "paper")

@@ -15,17 +15,18 @@ Options:
   predictions): soft targets whose max probability sits at the true class and whose other
   probabilities are randomly permuted over the other classes, per sample.
 """
+from dataclasses import dataclass, field
+from typing import List, Optional
+
 import torch
 import torch.nn.functional as F
 
 from kdrun.errors import require
-from kdrun.methods.registry import METHODS
 from kdrun.methods.base import Distiller
+from kdrun.methods.config import MethodConfig
+from kdrun.methods.registry import METHODS
 from kdrun.models import MODELS
 from kdrun.models.ensemble import ENSEMBLE_MEANS, TeacherEnsemble, ensemble_probs
-from dataclasses import dataclass, field
-from typing import List, Optional
-from kdrun.methods.config import MethodConfig
 from kdrun.schema.choice import Choice
 
 VARIANTS = (None, "cwtm", "dkpp")

@@ -6,15 +6,16 @@ with the polynomial kernel k(a, b) = (a . b + c)^d, d = 2, c = 0:
 mean k(t, t') + mean k(s, s') - 2 mean k(s, t), per sample, averaged over the batch, summed over stages
 (RepDistiller, beta = 50). Maps of different sizes are average-pooled to the smaller one.
 """
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
 from kdrun.errors import require
-from kdrun.methods.registry import METHODS
-from kdrun.methods.feature import FeatureDistiller, match_spatial
-from dataclasses import dataclass
-from typing import Optional
 from kdrun.methods.config import WithFeatures
+from kdrun.methods.feature import FeatureDistiller, match_spatial
+from kdrun.methods.registry import METHODS
 
 
 def poly_kernel(a: torch.Tensor, b: torch.Tensor, degree: float, c: float) -> torch.Tensor:

@@ -5,12 +5,13 @@ k_ij = (cos(f_i, f_j) + 1) / 2, p_ij = k_ij / sum_j k_ij. loss = mean_ij p^t_ij 
 (the KL of RepDistiller's implementation, averaged over all b^2 entries). Reads the embedding
 (the classifier's input).
 """
+from dataclasses import dataclass
+
 import torch
 
+from kdrun.methods.config import WithFeatures
 from kdrun.methods.registry import METHODS
 from kdrun.methods.weighted import WeightedDistiller, flat
-from dataclasses import dataclass
-from kdrun.methods.config import WithFeatures
 
 EPS = 1e-7
 

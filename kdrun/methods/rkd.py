@@ -5,14 +5,15 @@ student and teacher, each divided by its mean over distinct pairs; angle term = 
 cosines of the angles e_j - e_i, e_k - e_i of all triplets. Both are invariant to scaling the
 embedding. The terms are weighted `distance_weight` (25) and `angle_weight` (50) inside, `beta` outside.
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from kdrun.errors import require
+from kdrun.methods.config import WithFeatures
 from kdrun.methods.registry import METHODS
 from kdrun.methods.weighted import WeightedDistiller, flat, zero_like_graph
-from dataclasses import dataclass
-from kdrun.methods.config import WithFeatures
 
 
 def normalised_distances(e: torch.Tensor) -> torch.Tensor:

@@ -4,14 +4,15 @@ For a batch of b examples, G = F F^T (F: features flattened per example), each r
 loss = ||G_t - G_s||_F^2 / b^2, summed over the feature pairs. By default one pair: the output of
 the last stage of each model (RepDistiller's feat[-2]).
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from kdrun.methods.registry import METHODS
-from kdrun.methods.feature import FeatureDistiller
-from kdrun.methods.weighted import flat
-from dataclasses import dataclass
 from kdrun.methods.config import WithFeatures
+from kdrun.methods.feature import FeatureDistiller
+from kdrun.methods.registry import METHODS
+from kdrun.methods.weighted import flat
 
 
 def batch_similarity(f: torch.Tensor) -> torch.Tensor:

@@ -9,17 +9,17 @@ summed over the pairs. The larger feature map is average-pooled to the smaller o
 stage outputs by default (RepDistiller's feat[1:-1]); vector features count as 1x1 maps.
 """
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from kdrun.errors import require
-from kdrun.methods.registry import METHODS
-from kdrun.methods.feature import FeatureDistiller
-from kdrun.models.features import feature_shapes
-from dataclasses import dataclass
 from kdrun.methods.config import WithFeatures
+from kdrun.methods.feature import FeatureDistiller
+from kdrun.methods.registry import METHODS
+from kdrun.models.features import feature_shapes
 
 
 def as_map(x: torch.Tensor) -> torch.Tensor:

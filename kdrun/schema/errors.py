@@ -14,8 +14,9 @@ import typing
 from typing import Any, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import (ConfigKeyError, InterpolationResolutionError, MissingMandatoryValue,
-                              OmegaConfBaseException, ValidationError)
+from omegaconf.errors import (
+    ConfigKeyError, InterpolationResolutionError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
+)
 
 from kdrun.errors import UserError
 
