@@ -56,17 +56,23 @@ class Registry(Generic[T]):
 
 def target_class(path: str, base: type, key: str, what: str) -> type:
     """The class a `_target_` names (`mypackage.module.Class`), which must be a subclass of `base`."""
-    from hydra.utils import get_class
-
-    try:
-        cls = get_class(path)
-    except Exception as e:  # noqa: BLE001  (Hydra wraps the import's own error)
-        raise UserError(f"{key}={path} cannot be imported ({' '.join(str(e).split())[:300]}). Check the module "
-                        f"path, and that its folder is importable (e.g. PYTHONPATH=. when it is in the current "
-                        f"directory).") from None
+    cls = locate(path, key)
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise UserError(f"{key}={path} is not {what}.")
     return cls
+
+
+def locate(path: str, key: str):
+    """The object a dotted path names (`mypackage.module.name`), or a message saying why it cannot be had."""
+    import importlib
+
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise UserError(f"{key}={path} cannot be imported ({type(e).__name__}: {e}). Check the module path, and "
+                        f"that its folder is importable (e.g. PYTHONPATH=. when it is in the current "
+                        f"directory).") from None
 
 
 def _natural_key(name: str):

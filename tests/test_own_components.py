@@ -94,3 +94,9 @@ def test_a_users_own_method_is_checked_against_its_schema(tmp_path, monkeypatch,
     code, out = kdrun_in_process(["-cd", str(tmp_path / "conf"), "method=logit_l2", "dataset=stripes",
                                   "method._target_=nowhere.X", *ARGS], tmp_path, monkeypatch, capsys)
     assert code == 2 and "method._target_=nowhere.X cannot be imported" in out, out
+    (tmp_path / "conf" / "student").mkdir()
+    (tmp_path / "conf" / "student" / "lost.yaml").write_text("_target_: nowhere.Net\n")
+    code, out = kdrun_in_process(["-cd", str(tmp_path / "conf"), "student=lost", *ARGS[:2], *ARGS[4:]], tmp_path,
+                                 monkeypatch, capsys)
+    assert code == 2 and "student._target_=nowhere.Net cannot be imported (ModuleNotFoundError" in out, out
+    assert "Traceback" not in out

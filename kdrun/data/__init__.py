@@ -13,7 +13,8 @@ from kdrun.data.base import DataInfo, Dataset, RawData, Split, channel_stats, ho
 from kdrun.data.whiten import whiten_splits, whitening_from_config
 from kdrun.data import cifar, digits, mnist, synthetic  # noqa: F401  (loaders register themselves)
 from kdrun.data.registry import DATASETS
-from kdrun.errors import UserError, require
+from kdrun.errors import require
+from kdrun.registry import locate
 
 log = logging.getLogger("kdrun")
 
@@ -23,13 +24,7 @@ def dataset_loader(cfg: DictConfig) -> Callable[[DictConfig], RawData]:
     function of the dataset's config node that returns a `kdrun.data.base.RawData`)."""
     if not cfg.get("_target_"):
         return DATASETS.get(str(cfg.name))
-    from hydra.utils import get_method
-
-    try:
-        return get_method(str(cfg._target_))
-    except Exception as e:  # noqa: BLE001  (Hydra wraps the import's own error)
-        raise UserError(f"dataset._target_={cfg._target_} cannot be imported ({' '.join(str(e).split())[:300]}). "
-                        f"Check the module path, and that its folder is importable (e.g. PYTHONPATH=.).") from None
+    return locate(str(cfg._target_), "dataset._target_")
 
 
 def build_dataset(cfg: DictConfig, device: torch.device) -> Dataset:

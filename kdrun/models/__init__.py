@@ -37,7 +37,7 @@ from kdrun.errors import UserError
 from kdrun.models import (  # noqa: F401  (importing a family registers its names)
     args, maxout, mlp, mobilenetv2, plain, resnet, resnet_imagenet, shufflenet, vgg, wrn)
 from kdrun.models.registry import MODELS
-from kdrun.registry import call_with_supported
+from kdrun.registry import call_with_supported, locate
 
 SHAPE_ARGS = ("num_classes", "in_channels", "image_size")
 NODE_KEYS = ("name", "checkpoint", "train", "seed", "_target_")  # config keys that are not constructor arguments
@@ -64,9 +64,9 @@ def build_model(cfg: DictConfig, info: DataInfo, role: Optional[str] = None) -> 
     if clash:
         raise UserError(shape_arg_message(role, label, clash[0], kwargs[clash[0]], info))
     if cfg.get("_target_"):
-        from hydra.utils import get_method
-
-        return call_with_supported(get_method(cfg._target_), **shape, **kwargs)
+        key = f"{role}._target_" if role else "_target_"
+        ctor = locate(str(cfg._target_), key)  # a class or a function that returns the model
+        return call_with_supported(ctor, **shape, **kwargs)
     ctor = MODELS.get(cfg.name)
     who = f"{role}={label}" if role else label
     try:
