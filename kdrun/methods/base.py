@@ -31,7 +31,7 @@ from kdrun.models.features import FeatureHooks
 @dataclass
 class Batch:
     """What a method's terms are computed from (features: dicts by module path; fp32 under autocast)."""
-    x: torch.Tensor
+    x: torch.Tensor  # the input as the student's forward saw it
     y: torch.Tensor
     s_logits: torch.Tensor
     t_logits: Optional[torch.Tensor]
@@ -48,6 +48,9 @@ class Distiller(nn.Module):
     # Methods with an initialisation stage (FitNet's hint stage, AB, FT, FSP) set this, weight their init
     # terms in phase "init", and say which parameters that stage trains (`init_parameters`).
     has_init_stage: bool = False
+    # Methods that differentiate with respect to the input (grad_at) get `batch.x` requiring grad, the
+    # tensor the student's forward saw; their teacher runs every step (its outputs are not cached).
+    input_gradients: bool = False
 
     def __init__(self, student: nn.Module, teacher: Optional[nn.Module], cfg: DictConfig, info: DataInfo):
         super().__init__()
@@ -129,13 +132,15 @@ class Distiller(nn.Module):
     def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int = 1, index: Optional[torch.Tensor] = None,
                       *, phase: str = "main", teacher_cache=None) -> tuple[torch.Tensor, dict]:
         """Student logits and the named, weighted loss terms of one training batch of `phase`."""
+        if self.input_gradients:
+            x = x.detach().requires_grad_(True)
         s_logits = self.student(x)
         s_feats = self._student_hooks.take() if self._student_hooks else {}
         t_logits, t_feats = self.teacher_outputs(x, index, teacher_cache) if self.uses_teacher else (None, {})
         # Under bf16 autocast only the models' forwards are bf16: the losses see fp32 tensors.
         with full_precision(x.device.type):
-            batch = Batch(**loss_inputs(dict(x=x, y=y, s_logits=s_logits, t_logits=t_logits, s_feats=s_feats,
-                                             t_feats=t_feats)), epoch=epoch, index=index, phase=phase)
+            batch = Batch(x=x, **loss_inputs(dict(y=y, s_logits=s_logits, t_logits=t_logits, s_feats=s_feats,
+                                                  t_feats=t_feats)), epoch=epoch, index=index, phase=phase)
             weights = self.weights(epoch, phase)
             needed = frozenset(name for name, weight in weights.items() if weight)
             terms = self.terms(needed, batch)

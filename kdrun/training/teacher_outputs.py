@@ -74,6 +74,12 @@ def teacher_output_cache(distiller, data: Dataset, setting: Optional[bool], spee
     """A cache for this stage, or None (no teacher, switched off, augmented data, over budget)."""
     if setting is False or not distiller.uses_teacher or distiller.teacher is None:
         return None
+    if distiller.input_gradients:  # the teacher's input gradient, every step
+        if setting:
+            raise UserError(f"train.cache_teacher=true, but method {distiller.cfg.name} takes the teacher's "
+                            f"gradient with respect to each batch's input, so the teacher runs every step. Use "
+                            f"train.cache_teacher=auto (or false).")
+        return None
     if data.augment is not None and bool(data.augment):
         if setting:
             raise UserError("train.cache_teacher=true, but the training data is augmented, so the teacher "
