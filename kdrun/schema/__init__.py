@@ -3,9 +3,10 @@ checks at composition time (types, `Optional`, choices, unknown keys), in every 
 
 - `choice.Choice`: a value from a fixed set (`train.optimizer: sgd | rmsprop`).
 - `root.Config`: the top level; the recipe schema is `kdrun.training.recipe.Recipe`, a method's is its
-  `Config` (`kdrun.methods.*`), a dataset's its loader's, a model's is made from its constructor's
-  signature (`models.model_schema`).
+  `Config` (`kdrun.methods.*`), a dataset's is in `kdrun.data.config`, a schedule's in
+  `kdrun.schedules.config`, a model's is made from its constructor's signature (`models.model_schema`),
+  `local_gpus`'s is `launchers.LocalGpusConf`.
 - `errors`: OmegaConf's and Hydra's exceptions in kdrun's one-paragraph form.
 - `keys`: what OmegaConf lets through with `+` (a key the schema lacks) refused after composition.
-- `store.register_configs`: everything into the ConfigStore.
+- `kdrun.configs.register_configs` puts them all into the ConfigStore.
 """
