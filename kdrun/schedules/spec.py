@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from kdrun.errors import UserError, require
 from kdrun.methods import METHODS, method_class
 from kdrun.models import MODELS
+from kdrun.schema.errors import typed
 from kdrun.training.recipe import Recipe
 
 TEACHERS = ("teacher", "previous", "none")
@@ -182,7 +183,8 @@ def check_stage(stage: Stage, where: str) -> None:
         MODELS.get(stage.model)  # an unknown name lists the valid ones
     method_cls = method_class(stage.method_cfg)
     if stage.method_cfg.get("_target_"):  # a method of your own: its schema is checked here, not by Hydra
-        typed_like(method_cls.Config, stage.method_cfg, "method")
+        typed(method_cls.Config, {k: v for k, v in OmegaConf.to_container(stage.method_cfg, resolve=True).items()
+                                  if k != "_target_"}, "method")
     method_cls.validate(stage.method_cfg)
     if stage.phase == "init":
         require(method_cls.has_init_stage,
@@ -191,17 +193,6 @@ def check_stage(stage: Stage, where: str) -> None:
     require(stage.teacher != "none" or not method_cls.uses_teacher,
             f"{where} has teacher `none` but its method {stage.method_cfg.name!r} needs a teacher; "
             f"use teacher `teacher` or `previous`, or a method without a teacher (ce).")
-
-
-def typed_like(schema: type, node: DictConfig, where: str) -> None:
-    """`node` (less its `_target_`) checked against a dataclass schema: types and unknown keys, in kdrun's words."""
-    from kdrun.schema.errors import user_error
-
-    values = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
-    try:
-        OmegaConf.merge(OmegaConf.structured(schema), values)
-    except OmegaConfBaseException as e:
-        raise user_error(e, prefix=where) from None
 
 
 def init_stage_methods() -> list[str]:

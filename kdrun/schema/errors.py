@@ -60,6 +60,16 @@ def user_error(error: BaseException, prefix: str = "") -> Exception:
     return error
 
 
+def typed(schema: type, values: dict, where: str) -> Any:
+    """`values` as an instance of a dataclass schema, checked as composition checks (types, unknown keys):
+    a mistake is a UserError in kdrun's words, its keys under `where` (for nodes the schema did not type as
+    Hydra composed: a stage recipe of your own schedule, a method of your own)."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
+    except OmegaConfBaseException as e:
+        raise user_error(e, prefix=where) from None
+
+
 def _override_of(error: BaseException) -> Optional[str]:
     """The override Hydra was applying: its key ("Could not override 'train.epochz'") or, where Hydra
     names it whole ("Error merging override train.epochs.x=2"), KEY=VALUE."""

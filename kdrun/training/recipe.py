@@ -68,15 +68,12 @@ class Recipe:
     def from_config(cls, node: DictConfig, where: str = "train", delta: Optional[DictConfig] = None) -> "Recipe":
         """The recipe of a config node (typed by this schema), with a stage's `delta` (a `RecipeDelta`:
         its non-null keys) over it; checked for ranges and cross-key rules."""
-        from kdrun.schema.errors import user_error
+        from kdrun.schema.errors import typed
 
         values = OmegaConf.to_container(node, resolve=True)
         if delta is not None:
             values.update({k: v for k, v in OmegaConf.to_container(delta, resolve=True).items() if v is not None})
-        try:  # a node that the schema did not type at composition (a user's own schedule) is typed here
-            r = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), values))
-        except Exception as e:
-            raise user_error(e, prefix=where) from None
+        r = typed(cls, values, where)  # a node the schema did not type at composition (your own schedule's)
         r.check(where)
         return r
 
