@@ -39,5 +39,16 @@ class SyntheticConfig(DatasetConfig):
     data_seed: int = 0
 
 
+NO_AUGMENT_KEY = ("digits", "synthetic")  # their configs had no `augment` before the schema gave every dataset one
+
+
+def identity_of(dataset: dict) -> dict:
+    """A dataset node as the identities see it (a run's config_id, a teacher's cache key): a null `augment`
+    is left out where the dataset's config had no such key, so runs and teachers from before keep theirs."""
+    if dataset.get("name") in NO_AUGMENT_KEY and dataset.get("augment") is None:
+        return {k: v for k, v in dataset.items() if k != "augment"}
+    return dataset
+
+
 SCHEMAS = {"digits": DatasetConfig, "synthetic": SyntheticConfig, "mnist": DatasetConfig, "cifar10": DatasetConfig,
            "cifar100": DatasetConfig}

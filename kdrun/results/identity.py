@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from kdrun.data.config import identity_of
 from kdrun.errors import UserError
 from kdrun.training.speed import RUNTIME_KEYS  # a recipe's speed keys
 
@@ -45,6 +46,7 @@ def identity_part(config: dict) -> dict:
             out[k] = v
         return out
 
+    config = {**config, "dataset": identity_of(config["dataset"])} if isinstance(config.get("dataset"), dict) else config
     return strip({k: v for k, v in config.items() if k not in NOT_IN_IDENTITY})
 
 

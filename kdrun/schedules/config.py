@@ -12,25 +12,11 @@ from kdrun.training.recipe import RecipeDelta
 
 
 @dataclass
-class StageEntry:
-    """One entry of `schedule.stages` (kdrun.schedules.spec.Stage says what each key does)."""
-    name: str = MISSING
-    for_each: Any = None  # a list or a count: the entry is a template of one stage per item
-    model: str = "student"
-    fresh: bool = False
-    teacher: str = "previous"
-    method: Any = "method"
-    phase: str = "main"
-    recipe: str = "train"
-    cache: bool = False
-    ensemble: bool = False
-    only_for: Optional[List[str]] = None
-
-
-@dataclass
 class ScheduleConfig:
     name: str = MISSING
-    stages: List[StageEntry] = MISSING
+    # Each entry as written (kdrun.schedules.spec.Stage lists the keys and checks them): typed entries
+    # would add every key's default to the config, and so change the config_id of runs made before.
+    stages: List[Any] = MISSING
 
 
 @dataclass

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdrun.console import plural
 from kdrun.data.base import Dataset
+from kdrun.data.config import identity_of
 from kdrun.data.whiten import is_off
 from kdrun.errors import UserError
 from kdrun.methods import method_class
@@ -37,7 +38,8 @@ def model_identity(model_cfg: DictConfig) -> dict:
 
 
 def dataset_identity(dataset_cfg: DictConfig) -> dict:
-    dataset = {k: v for k, v in OmegaConf.to_container(dataset_cfg, resolve=True).items() if k != "download"}
+    dataset = {k: v for k, v in identity_of(OmegaConf.to_container(dataset_cfg, resolve=True)).items()
+               if k != "download"}
     whiten = dataset.pop("whiten", None)
     if whiten is not None and not is_off(whiten):  # off: left out, so teachers cached before the key existed keep theirs
         dataset["whiten"] = {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
