@@ -152,3 +152,19 @@ def test_help_lists_the_groups_a_user_chooses_from(tmp_path, monkeypatch, capsys
     assert "name: at" in out.split("== Config (")[1]  # the config of this command line
     code, out = kdrun_in_process(["--help", "method.Tx=3"], tmp_path, monkeypatch, capsys)
     assert code == 2 and "Did you mean method.T?" in out, out
+
+
+@pytest.mark.parametrize("overrides,identity,teacher_key", [
+    ([], "2ce19144d1583356", "164a9d50ff16270c"),
+    (["method=at"], "f6eea6574ae60219", "164a9d50ff16270c"),
+    (["dataset=synthetic"], "d6905dc70deab969", "371f19056cea5a87"),
+])
+def test_identities_made_before_the_schema_are_kept(overrides, identity, teacher_key):
+    """A run's config_id and its teacher's cache key, as kdrun computed them before the typed schema."""
+    from kdrun.results.identity import config_identity
+    from kdrun.training.recipe import Recipe
+    from kdrun.training.teacher import cache_key
+
+    cfg = compose_config(overrides)
+    assert config_identity(cfg) == identity
+    assert cache_key(cfg.teacher, cfg.dataset, Recipe.from_config(cfg.teacher.train, "teacher.train"), 0) == teacher_key
