@@ -6,7 +6,6 @@ config (`student_features` / `teacher_features`: lists of module paths) when it 
 """
 from __future__ import annotations
 
-import logging
 from typing import Callable
 
 import torch
@@ -14,8 +13,6 @@ import torch
 from kdrun.errors import require
 from kdrun.methods.base import Batch, Distiller
 from kdrun.methods.kd import check_temperature_and_alpha, kd_loss
-
-log = logging.getLogger("kdrun")
 
 
 class WeightedDistiller(Distiller):

@@ -3,7 +3,7 @@ a `RecipeDelta`: only the keys it sets differ from `train` for that stage."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from omegaconf import MISSING
 

@@ -99,6 +99,11 @@ def hold_statistics(model: nn.Module, trained: list[nn.Parameter]):
     return model.register_forward_pre_hook(to_eval)
 
 
+def stage_role(stage: Stage) -> Optional[str]:
+    """The config node a stage's model is built from, named in messages (None: a zoo model of its own)."""
+    return "student" if stage.model == "student" else None
+
+
 def same_method(d: Optional[Distiller], model: nn.Module, teacher: Optional[nn.Module], cfg: DictConfig) -> bool:
     """Whether `d` is the method `cfg` on exactly these models."""
     return (d is not None and d.student is model and d.teacher is teacher
@@ -154,7 +159,7 @@ class ScheduleRunner:
             built = None
             if model is None:
                 model_cfg = self.model_cfg(stage)
-                role = "student" if stage.model == "student" else None
+                role = stage_role(stage)
                 model = built = build_model(model_cfg, info, role).to(device)
                 who = f"student={model_label(model_cfg)}" if stage.model == "student" else \
                     f"{stage.model} (stage {stage.name})"
@@ -208,7 +213,7 @@ class ScheduleRunner:
         torch.manual_seed(epoch_seed(self.seed, stage.name, 0))
         model_cfg = self.model_cfg(stage)
         if stage.fresh or stage.model not in self.instances:
-            role = "student" if stage.model == "student" else None
+            role = stage_role(stage)
             built = self.prepared.get(stage.name, (None, None))[0]  # check's, made from the same seed
             model = built if built is not None else build_model(model_cfg, self.data.info, role).to(self.data.device)
             model.train().requires_grad_(True)  # a later stage's method, built by check, froze it as its teacher
