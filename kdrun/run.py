@@ -1,7 +1,6 @@
 """One run from a composed config: data, models, method, teacher, stages, results."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -23,7 +22,8 @@ from kdrun.training.checkpoint import save_torch
 from kdrun.training.device import configure_threads, resolve_device
 from kdrun.training.ensemble import build_teacher, obtain_teachers, teacher_label
 from kdrun.training.progress import progress_enabled
-from kdrun.training.recipe import Recipe
+from kdrun.training.recipe import TeacherRecipe
+from kdrun.training.teacher import check_teacher_epoch, teacher_identity
 
 log = logging.getLogger("kdrun")
 
@@ -51,7 +51,9 @@ def run(cfg: DictConfig, run_dir: Path, claimed: Optional[tuple[str, Optional[He
     needs_teacher = any(s.teacher == "teacher" and method_class(s.method_cfg).uses_teacher
                         for s in stages)
     if needs_teacher and not cfg.teacher.get("checkpoint"):
-        Recipe.from_config(cfg.teacher.train, "teacher.train")
+        check_teacher_epoch(cfg, TeacherRecipe.from_config(cfg.teacher.train, "teacher.train"))
+    elif needs_teacher:
+        check_teacher_epoch(cfg, None)  # refuses teacher.epoch beside teacher.checkpoint
     device = resolve_device(cfg.device)
     configure_threads()
     show_progress = progress_enabled(cfg.progress)
@@ -75,8 +77,10 @@ def run(cfg: DictConfig, run_dir: Path, claimed: Optional[tuple[str, Optional[He
     log.info("Data %s: %d train, %d test%s; %s", data.name, len(data.train), len(data.test),
              f", {len(data.val)} validation" if data.val is not None else "", info)
     if teacher is not None:
-        teacher_acc, source = obtain_teachers(cfg, teacher, data, show_progress)
+        anchors = sorted({s.teacher_epoch for s in stages if s.teacher_epoch is not None})
+        teacher_acc, source = obtain_teachers(cfg, teacher, data, show_progress, anchors)
         runner.teacher_key = teacher_identity(source)
+        runner.teacher_weights = {k: v.clone() for k, v in teacher.state_dict().items()}
         record.update(teacher_test_acc=teacher_acc, teacher_source=source)
     if len(stages) > 1:
         log.info("Schedule %s: %s.", cfg.schedule.name, " -> ".join(s.name for s in stages))
@@ -105,17 +109,6 @@ def run(cfg: DictConfig, run_dir: Path, claimed: Optional[tuple[str, Optional[He
     record.finish("completed", **final)
     print_run_summary(record.metrics, run_dir)
     return record.metrics
-
-
-def teacher_identity(source: str) -> str:
-    """What the run's teacher is, for the keys of the stages that learn from it: a digest of its
-    weight files (a cache entry or `teacher.checkpoint`; several for an ensemble)."""
-    h = hashlib.sha256()
-    for path in source.split(", "):
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
 
 
 def report_completed(run_dir: Path, metrics: dict) -> None:

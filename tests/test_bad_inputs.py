@@ -19,7 +19,7 @@ from kdrun.data.augment import build_augment
 from kdrun.errors import UserError
 from kdrun.models.mlp import MLP
 from kdrun.schema.keys import check_keys
-from kdrun.training.recipe import Recipe
+from kdrun.training.recipe import Recipe, TeacherRecipe
 from kdrun.run import run
 
 _quick = []
@@ -207,7 +207,7 @@ def test_every_recipe_key_refuses_impossible_values_and_wrong_types(key, value, 
     """A recipe node that the schema did not type as it composed (a user's own schedule's) is typed here."""
     cfg = OmegaConf.create({**OmegaConf.to_container(quick_config().teacher.train, resolve=True), key: value})
     with pytest.raises(UserError, match=re.escape(f"teacher.train.{needle}")):
-        Recipe.from_config(cfg, "teacher.train")
+        TeacherRecipe.from_config(cfg, "teacher.train")
 
 
 def save_mlp(path, num_classes=10, hidden=(32,), image_size=8):

@@ -77,7 +77,12 @@ def test_parameter_count_matches_the_wrn_paper(name, published):
 
 def check_features(model, feats, batch):
     points = model.feature_points()
-    assert {"stages", "preact", "embedding"} <= set(points) <= {"stages", "preact", "embedding", "stem", "feature_layers"}
+    assert {"stages", "preact", "embedding"} <= set(points) <= {"stages", "preact", "embedding", "stem", "feature_layers",
+                                                                 "preact_bn"}
+    if "preact_bn" in points:  # the BN each pre-activation follows (OFD's margin): one per point, all BNs
+        modules = dict(model.named_modules())
+        assert len(points["preact_bn"]) == len(points["preact"])
+        assert all(isinstance(modules[p], (nn.BatchNorm1d, nn.BatchNorm2d)) for p in points["preact_bn"])
     modules = dict(model.named_modules())
     assert all(path in modules for path in points.get("feature_layers", [])), points["feature_layers"]
     if "stem" in points:  # the first stage's input (RepDistiller's f0): one map, before the stages

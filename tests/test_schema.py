@@ -162,9 +162,9 @@ def test_help_lists_the_groups_a_user_chooses_from(tmp_path, monkeypatch, capsys
 def test_identities_made_before_the_schema_are_kept(overrides, identity, teacher_key):
     """A run's config_id and its teacher's cache key, as kdrun computed them before the typed schema."""
     from kdrun.results.identity import config_identity
-    from kdrun.training.recipe import Recipe
+    from kdrun.training.recipe import TeacherRecipe
     from kdrun.training.teacher import cache_key
 
     cfg = compose_config(overrides)
     assert config_identity(cfg) == identity
-    assert cache_key(cfg.teacher, cfg.dataset, Recipe.from_config(cfg.teacher.train, "teacher.train"), 0) == teacher_key
+    assert cache_key(cfg.teacher, cfg.dataset, TeacherRecipe.from_config(cfg.teacher.train, "teacher.train"), 0) == teacher_key

@@ -51,6 +51,9 @@ class Distiller(nn.Module):
     # Methods that differentiate with respect to the input (grad_at) get `batch.x` requiring grad, the
     # tensor the student's forward saw; their teacher runs every step (its outputs are not cached).
     input_gradients: bool = False
+    # Methods that also train on a strongly augmented view of each batch (MLKD) get it from the training
+    # loop as `forward_train(..., x_strong=...)` (kdrun.data.randaugment.StrongView).
+    strong_view: bool = False
 
     def __init__(self, student: nn.Module, teacher: Optional[nn.Module], cfg: DictConfig, info: DataInfo):
         super().__init__()

@@ -19,6 +19,8 @@ class WithKD(MethodConfig):
     T: float = 4.0  # temperature of the KD term
     alpha: float = 0.0  # weight of Hinton's KD term (0: off)
     beta: float = 1.0  # weight of the method's own terms
+    logit_stand: bool = False  # z-score each sample's logits before the temperature (Sun et al. 2024)
+    stop_epoch: Optional[int] = None  # ESKD (Cho & Hariharan 2019): the KD term stops after this epoch
 
 
 @dataclass

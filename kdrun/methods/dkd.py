@@ -5,6 +5,10 @@ With p = softmax(logits / T) and the true class y:
   NCKD = KL(p_t(. | not y) || p_s(. | not y))                    (among the non-target classes)
 dkd = min(epoch / warmup, 1) * T^2 * (dkd_alpha * TCKD + dkd_beta * NCKD), KLs averaged over the batch.
 Classic KD is TCKD + (1 - p_t(y)) * NCKD; DKD frees the NCKD weight. Logits only, no features.
+
+`logit_stand` (Sun et al. 2024) z-scores each sample's logits over all the classes before anything else, so
+before the split into target and non-target (as the authors' DKD.py); `stop_epoch` (ESKD) switches TCKD,
+NCKD and the optional KD term off after that epoch, the cross-entropy's weight then 1.
 """
 from dataclasses import dataclass
 from typing import Optional
@@ -14,12 +18,17 @@ import torch.nn.functional as F
 
 from kdrun.errors import require
 from kdrun.methods.config import WithKD
+from kdrun.methods.logit_stand import standardize
 from kdrun.methods.registry import METHODS
 from kdrun.methods.weighted import WeightedDistiller
 
 
-def dkd_terms(s_logits: torch.Tensor, t_logits: torch.Tensor, y: torch.Tensor, T: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """T^2 * TCKD and T^2 * NCKD, each averaged over the batch."""
+def dkd_terms(s_logits: torch.Tensor, t_logits: torch.Tensor, y: torch.Tensor, T: float,
+              logit_stand: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """T^2 * TCKD and T^2 * NCKD, each averaged over the batch; with `logit_stand`, of the logits z-scored
+    over all the classes first."""
+    if logit_stand:
+        s_logits, t_logits = standardize(s_logits), standardize(t_logits)
     b, c = s_logits.shape
     target = F.one_hot(y, c).bool()
 
@@ -50,6 +59,7 @@ class DKDConfig(WithKD):
 @METHODS.register("dkd")
 class DecoupledKD(WeightedDistiller):
     Config = DKDConfig
+    own_terms_distil_logits = True
 
     @classmethod
     def validate(cls, cfg):
@@ -67,12 +77,14 @@ class DecoupledKD(WeightedDistiller):
         weights = super().weights(epoch, phase)
         if phase == "main":
             ramp = min(epoch / self.warmup, 1.0) if self.warmup > 0 else 1.0
+            if self.kd_stopped(epoch):
+                ramp = 0.0
             weights.update(tckd=self.beta * ramp * self.w_target, nckd=self.beta * ramp * self.w_other)
         return weights
 
     def terms(self, needed, batch):
         out = super().terms(needed, batch)
         if needed & {"tckd", "nckd"}:
-            tckd, nckd = dkd_terms(batch.s_logits, batch.t_logits, batch.y, self.T)
+            tckd, nckd = dkd_terms(batch.s_logits, batch.t_logits, batch.y, self.T, self.logit_stand)
             out.update(tckd=tckd, nckd=nckd)
         return out

@@ -40,7 +40,7 @@ from kdrun.models.registry import MODELS
 from kdrun.registry import call_with_supported, locate
 
 SHAPE_ARGS = ("num_classes", "in_channels", "image_size")
-NODE_KEYS = ("name", "checkpoint", "train", "seed", "_target_")  # config keys that are not constructor arguments
+NODE_KEYS = ("name", "checkpoint", "train", "seed", "epoch", "_target_")  # config keys that are not constructor arguments
 
 
 def model_defaults(name: str) -> dict:

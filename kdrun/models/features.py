@@ -68,7 +68,11 @@ def feature_shapes(model: nn.Module, paths: list[str], sample: torch.Tensor, rol
 
 
 ROLES = ("stages", "preact", "embedding")
-OPTIONAL = ("stem", "feature_layers")  # declared by the zoo's convolutional models (see kdrun.models)
+OPTIONAL = ("stem", "feature_layers", "preact_bn")  # declared by the zoo's convolutional models (see kdrun.models)
+# `preact_bn`: parallel to `preact`, the BatchNorm module whose output is each pre-activation, or, where the
+# pre-activation is a residual sum (bn(out) + shortcut), that BN, the last of the residual branch (the OFD
+# authors' get_bn_before_relu() picks the same). Declared only by models whose every `preact` follows a BN:
+# the ofd method reads its teacher's margins from their weight and bias.
 
 
 def feature_points(model: nn.Module, role: str = "model") -> dict[str, list[str]]:

@@ -74,8 +74,11 @@ class MobileNetV2(nn.Module):
 
     def feature_points(self) -> dict[str, list[str]]:
         stages = ["blocks.1", "blocks.2", "blocks.4", "blocks.6"]  # RepDistiller's f1..f4
-        return {"stages": stages, "preact": list(stages), "embedding": ["classifier.0:in"], "stem": ["conv1"],
-                "feature_layers": ["conv1", "blocks"]}
+        # Each stage's last linear-bottleneck BN: the stage's output, or its input plus it where that block
+        # is residual (blocks 1, 2, 4; the OFD authors' MobileNetV2 reads the same BN for its last point).
+        bns = [f"{s}.{len(self.blocks[int(s.split('.')[1])]) - 1}.conv.7" for s in stages]
+        return {"stages": stages, "preact": list(stages), "preact_bn": bns, "embedding": ["classifier.0:in"],
+                "stem": ["conv1"], "feature_layers": ["conv1", "blocks"]}
 
 
 MODELS.register("mobilenetv2", MobileNetV2)

@@ -82,6 +82,7 @@ class PlainCNN(nn.Module):
         return {
             "stages": [f"conv_layers.{i}" for i in self._stage_ends],
             "preact": [f"conv_layers.{i}:in" for i in self._stage_ends],
+            "preact_bn": [f"conv_layers.{i - 1}" for i in self._stage_ends],  # Conv-BN-ReLU: each preact is its BN's
             "embedding": [f"fc_layers.{len(self.fc_layers) - 1}:in"],
         }
 

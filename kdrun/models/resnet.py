@@ -77,6 +77,8 @@ class ResNet(nn.Module):
         return {
             "stages": layers,
             "preact": [f"{name}.{len(getattr(self, name)) - 1}.relu_out:in" for name in layers],
+            # bn2(out) + shortcut: the residual branch's last BN (the OFD authors' get_bn_before_relu)
+            "preact_bn": [f"{name}.{len(getattr(self, name)) - 1}.bn2" for name in layers],
             "embedding": ["fc:in"],
             "stem": ["relu"],
             "feature_layers": ["conv1", "bn1", "relu", *layers],

@@ -98,9 +98,13 @@ class ResNetImageNet(nn.Module):
 
     def feature_points(self) -> dict[str, list[str]]:
         layers = ["layer1", "layer2", "layer3", "layer4"]
+        last_bn = "bn3" if isinstance(self.layer1[0], Bottleneck) else "bn2"
         return {
             "stages": layers,
             "preact": [f"{name}.{len(getattr(self, name)) - 1}.relu_out:in" for name in layers],
+            # bn2 (basic) or bn3 (bottleneck) + shortcut: the residual branch's last BN (the OFD authors'
+            # get_bn_before_relu of their ImageNet ResNets)
+            "preact_bn": [f"{name}.{len(getattr(self, name)) - 1}.{last_bn}" for name in layers],
             "embedding": ["linear:in"],
             "stem": ["relu"],
             "feature_layers": ["conv1", "bn1", *layers],

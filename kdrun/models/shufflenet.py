@@ -85,7 +85,14 @@ class ShuffleNetV1(nn.Module):
         return self.linear(self.pool(x).flatten(1))
 
     def feature_points(self) -> dict[str, list[str]]:
-        return _shufflenet_points(self, "linear")
+        points = _shufflenet_points(self, "linear")
+        # A stride-1 block's preact is bn3(out) + shortcut: bn3, the residual branch's last BN, as for the
+        # ResNets. A stage of one block ends in the downsampling block, whose preact concatenates bn3's
+        # output with the pooled (already activated) input: no BN covers it, so none is declared then.
+        if all(block.stride == 1 for block in (self.layer1[-1], self.layer2[-1], self.layer3[-1])):
+            points["preact_bn"] = [f"{name}.{len(getattr(self, name)) - 1}.bn3"
+                                   for name in ("layer1", "layer2", "layer3")]
+        return points
 
 
 class SplitBlock(nn.Module):
@@ -179,6 +186,8 @@ class ShuffleNetV2(nn.Module):
         return self.linear(self.pool(x).flatten(1))
 
     def feature_points(self) -> dict[str, list[str]]:
+        # No `preact_bn`: a block's preact is shuffle(cat(x1, bn3(...))), half its channels the passed-through
+        # x1 (already activated), interleaved with bn3's; no one BN's output is the pre-activation.
         return _shufflenet_points(self, "linear")
 
 

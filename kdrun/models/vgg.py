@@ -65,6 +65,7 @@ class VGG(nn.Module):
         return {
             "stages": ["relu1", "relu2", "relu3", "relu4"],
             "preact": ["block1", "block2", "block3", "block4"],
+            "preact_bn": [f"block{k}.{len(getattr(self, f'block{k}')) - 1}" for k in range(1, 5)],  # each block's BN
             "embedding": ["classifier:in"],
             "stem": ["relu0"],
             "feature_layers": [name for k in range(5) for name in (f"block{k}", f"pool{k}")],

@@ -82,6 +82,7 @@ class WideResNet(nn.Module):
         return {
             "stages": ["block1", "block2", "block3"],
             "preact": ["block2.layer.0.relu1:in", "block3.layer.0.relu1:in", "relu:in"],
+            "preact_bn": ["block2.layer.0.bn1", "block3.layer.0.bn1", "bn1"],  # each preact is its output
             "embedding": ["fc:in"],
             "stem": ["conv1"],
             "feature_layers": ["conv1", "block1", "block2", "block3"],

@@ -27,8 +27,13 @@ from kdrun.data.config import identity_of
 from kdrun.errors import UserError
 from kdrun.training.speed import RUNTIME_KEYS  # a recipe's speed keys
 
+KEPT_KEYS = ("keep_epochs", "keep_every")  # teacher.train's: which epochs the cache keeps, not what is trained
+
 NOT_IN_IDENTITY = ("progress", "cache_dir", "device", "per_pair")  # keys that do not change what a run computes
 # (per_pair acts only through the method keys that read it, which are in the identity resolved)
+# Method keys added after runs were made (logit standardisation, ESKD): left out of the identity at their
+# default, wherever a method node holds them (method, schedule.kd_loss), so the runs made before keep theirs.
+METHOD_KEYS_ADDED = {"logit_stand": False, "stop_epoch": None}
 CONFIG_DIR = ".hydra"  # config.yaml, hydra.yaml, overrides.yaml: written by kdrun (hydra.output_subdir is null)
 METRICS_FILE = "metrics.json"
 CHECKPOINTS = "checkpoints"
@@ -39,14 +44,19 @@ def identity_part(config: dict) -> dict:
     def strip(node: dict) -> dict:
         out = {}
         for k, v in node.items():
+            if k in METHOD_KEYS_ADDED and v is METHOD_KEYS_ADDED[k]:
+                continue
             if isinstance(v, dict):
                 v = strip(v)
                 if k == "train":
-                    v = {kk: vv for kk, vv in v.items() if kk not in RUNTIME_KEYS}
+                    v = {kk: vv for kk, vv in v.items() if kk not in RUNTIME_KEYS and kk not in KEPT_KEYS}
             out[k] = v
         return out
 
     config = {**config, "dataset": identity_of(config["dataset"])} if isinstance(config.get("dataset"), dict) else config
+    teacher = config.get("teacher")
+    if isinstance(teacher, dict) and teacher.get("epoch", 0) is None:  # the key's default, added later: left out
+        config = {**config, "teacher": {k: v for k, v in teacher.items() if k != "epoch"}}
     return strip({k: v for k, v in config.items() if k not in NOT_IN_IDENTITY})
 
 

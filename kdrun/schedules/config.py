@@ -3,7 +3,7 @@ a `RecipeDelta`: only the keys it sets differ from `train` for that stage."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
@@ -53,5 +53,12 @@ class BANSchedule(ScheduleConfig):
     gen: RecipeDelta = field(default_factory=RecipeDelta)
 
 
+@dataclass
+class RCOSchedule(ScheduleConfig):
+    interval: int = 60  # teacher epochs between anchors: the equal epoch interval strategy
+    anchors: Optional[List[int]] = None  # the anchors' teacher epochs instead, ascending (null: by interval)
+    anchor: RecipeDelta = field(default_factory=RecipeDelta)
+
+
 SCHEMAS = {"single": ScheduleConfig, "init_then_train": InitThenTrainSchedule, "repdistiller": RepDistillerSchedule,
-           "fitnet": FitNetSchedule, "takd": TAKDSchedule, "ban": BANSchedule}
+           "fitnet": FitNetSchedule, "takd": TAKDSchedule, "ban": BANSchedule, "rco": RCOSchedule}

@@ -32,9 +32,9 @@ from kdrun.training.checkpoint import save_torch
 from kdrun.training.ensemble import build_teacher, teacher_label
 from kdrun.training.lone_batch import has_lone_batch, require_no_lone_batch
 from kdrun.training.loop import StageResult, epoch_seed, fit
-from kdrun.training.recipe import Recipe
-from kdrun.training.teacher import (CACHE_FORMAT, dataset_identity, digest, entry_path, file_lock,
-                                    load_entry, model_identity)
+from kdrun.training.recipe import Recipe, TeacherRecipe
+from kdrun.training.teacher import (CACHE_FORMAT, dataset_identity, digest, entry_path, file_lock, kept_weights,
+                                    load_entry, model_identity, teacher_identity)
 
 log = logging.getLogger("kdrun")
 
@@ -119,6 +119,8 @@ class ScheduleRunner:
         self.seed = int(cfg.seed)
         self.teacher = teacher  # the run's teacher; trained (or loaded) before `run`
         self.teacher_key: Optional[str] = None  # what the run's teacher is (set with its weights)
+        self.teacher_weights: Optional[dict] = None  # the run's teacher's weights, put back after a stage of
+        self.teacher_epoch: Optional[int] = None  # another of its epochs (`teacher_epoch`), the one loaded now
         self.progress, self.on_epoch, self.on_stage = progress, on_epoch, on_stage
         self.distiller: Optional[Distiller] = None
         self.instances: dict[str, tuple[nn.Module, str]] = {}  # model -> (module, key of its weights)
@@ -144,7 +146,7 @@ class ScheduleRunner:
             require_input_size(self.teacher, lambda sized: build_teacher(self.cfg, sized), info,
                                f"teacher={teacher_label(self.cfg)}", device, zoo=not self.cfg.teacher.get("_target_"))
             if not self.cfg.teacher.get("checkpoint"):  # trained here (or reused: the same config either way)
-                recipe = Recipe.from_config(self.cfg.teacher.train, "teacher.train")
+                recipe = TeacherRecipe.from_config(self.cfg.teacher.train, "teacher.train")
                 if has_lone_batch(len(self.data.train), recipe.batch_size):
                     trainer = method_class("ce")(build_teacher(self.cfg, info).to(device), None,
                                                  OmegaConf.create({"name": "ce"}), info)
@@ -225,8 +227,10 @@ class ScheduleRunner:
         teacher, teacher_key, source = None, None, "no teacher"
         if method_cls.uses_teacher:
             if stage.teacher == "teacher":
-                teacher, teacher_key = self.teacher, self.teacher_key
+                teacher, teacher_key = self.teacher, self.teacher_of_epoch(stage.teacher_epoch)
                 source = f"teacher {model_label(self.cfg.teacher)}"
+                if stage.teacher_epoch is not None:
+                    source += f" of epoch {stage.teacher_epoch}"
             else:  # "previous"; the first stage's "previous" was made "teacher" by build_stages
                 teacher, teacher_key = previous.model, previous.key
                 source = f"teacher {previous.label} of stage {previous.stage.name}"
@@ -256,6 +260,20 @@ class ScheduleRunner:
                               "seed": self.seed, "stage": stage.name, "teacher_key": teacher_key})
             outcome.cached_at = str(path)
             return outcome
+
+    def teacher_of_epoch(self, epoch: Optional[int]) -> Optional[str]:
+        """Load the run's teacher's weights of `epoch` (None: the run's own teacher) into it; their key."""
+        if epoch == self.teacher_epoch:
+            return self.teacher_key if epoch is None else self.epoch_key
+        if epoch is None:
+            self.teacher.load_state_dict(self.teacher_weights)
+            self.teacher_epoch = None
+            return self.teacher_key
+        state, path, acc = kept_weights(self.cfg, epoch)
+        self.teacher.load_state_dict(state)
+        self.teacher_epoch, self.epoch_key = epoch, teacher_identity(str(path))
+        log.info("Teacher %s of epoch %d (test acc %.2f%%): %s.", model_label(self.cfg.teacher), epoch, acc, path)
+        return self.epoch_key
 
     def method_for(self, stage: Stage, model: nn.Module, teacher: Optional[nn.Module]) -> Distiller:
         """The stage's method around (model, teacher); the previous stage's when it is the same

@@ -2,8 +2,9 @@
 
 Each stage says what it trains (`model`), from which teacher, with which loss (`method`, `phase`),
 with which recipe, and what becomes of its model (`cache`, `ensemble`). An entry with `for_each`
-is a template: it becomes one stage per item of a list (or per number 1..N for an integer), with
-`{item}` and `{index}` (1-based) replaced in its string fields. An entry with `only_for` (method
+is a template: it becomes one stage per item of a list (or per number 1..N for an integer; or of
+`items`, else range(start, stop, step), for a mapping), with `{item}` and `{index}` (1-based) replaced in
+its string fields (`teacher_epoch: "{item}"` takes the item itself). An entry with `only_for` (method
 names) is left out when its method is none of them (RepDistiller's train_student.py runs an
 initialisation stage for AB, FT and FSP only).
 """
@@ -18,9 +19,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from kdrun.errors import UserError, require
 from kdrun.methods import METHODS, method_class
+from kdrun.methods.kd import check_stop_epoch_in_stage
 from kdrun.models import MODELS
 from kdrun.schema.errors import typed
-from kdrun.training.recipe import Recipe
+from kdrun.training.recipe import Recipe, TeacherRecipe
 
 TEACHERS = ("teacher", "previous", "none")
 PHASES = ("main", "init")
@@ -32,6 +34,7 @@ class Stage:
     model: str = "student"  # `student` (the run's student) or a model name of the zoo (an assistant)
     fresh: bool = False  # a new, randomly initialised instance, not the one earlier stages trained
     teacher: str = "previous"  # `teacher` (the run's), `previous` (the previous stage's model), `none`
+    teacher_epoch: Optional[int] = None  # with teacher `teacher`: its weights of this epoch (kept in the cache)
     method: Any = "method"  # config path of the method node (`method`: the run's), or an inline node
     phase: str = "main"  # `init`: the method's initialisation stage (its init losses and parameters)
     recipe: str = "train"  # config path of the stage's recipe
@@ -44,6 +47,7 @@ class Stage:
     train_recipe: Optional[Recipe] = None
 
 
+NUMBER_KEYS = ("teacher_epoch",)  # stage keys that a for_each template's "{item}" sets to the item itself
 SPEC_KEYS = [f.name for f in fields(Stage) if f.name not in ("method_cfg", "train_recipe")]
 
 
@@ -59,6 +63,8 @@ def expand(entries: list, where: str, sources: Optional[dict[int, str]] = None) 
             continue
         items = entry["for_each"]
         label = sources.get(n, f"{where}[{n}].for_each")
+        if isinstance(items, dict):
+            items = range_items(items, label)
         if isinstance(items, int) and not isinstance(items, bool):
             if items < 0:
                 negative = negative or (label, items)
@@ -68,8 +74,8 @@ def expand(entries: list, where: str, sources: Optional[dict[int, str]] = None) 
         template = {k: v for k, v in entry.items() if k != "for_each"}
         for index, item in enumerate(items, start=1):
             try:
-                out.append({k: v.format(item=item, index=index) if isinstance(v, str) else v
-                            for k, v in template.items()})
+                out.append({k: item if k in NUMBER_KEYS and v == "{item}" else
+                            v.format(item=item, index=index) if isinstance(v, str) else v for k, v in template.items()})
             except (KeyError, ValueError, IndexError) as e:
                 raise UserError(f"{where}[{n}]: a for_each template may use only {{item}} and {{index}} "
                                 f"in its strings ({type(e).__name__}: {e}).") from None
@@ -78,6 +84,17 @@ def expand(entries: list, where: str, sources: Optional[dict[int, str]] = None) 
         raise UserError(f"{label}={items}: expected a count of {0 if out else 1} or more (the number of stages "
                         f"made from it).")
     return out
+
+
+def range_items(spec: dict, label: str) -> list:
+    """A `for_each` mapping: its `items` when given, else the integers range(start, stop, step)."""
+    if spec.get("items") is not None:
+        return spec["items"]
+    bounds = [spec.get(k) for k in ("start", "stop", "step")]
+    require(all(isinstance(v, int) and not isinstance(v, bool) for v in bounds) and bounds[2] >= 1,
+            f"{label} must be a list, a count, or a mapping with items, or with start, stop and step (integers, "
+            f"step 1 or more), got {spec!r}.")
+    return list(range(*bounds))
 
 
 def for_each_sources(cfg: DictConfig) -> dict[int, str]:
@@ -113,6 +130,10 @@ def parse_stage(entry: dict, where: str) -> Stage:
     stage = Stage(**entry)
     require(stage.teacher in TEACHERS, f"{where}.teacher is {stage.teacher!r}; valid: {', '.join(TEACHERS)}.")
     require(stage.phase in PHASES, f"{where}.phase is {stage.phase!r}; valid: {', '.join(PHASES)}.")
+    if stage.teacher_epoch is not None:
+        require(isinstance(stage.teacher_epoch, int) and not isinstance(stage.teacher_epoch, bool)
+                and stage.teacher_epoch >= 1, f"{where}.teacher_epoch must be an epoch of the teacher's recipe "
+                                              f"(1 or more) or null, got {stage.teacher_epoch!r}.")
     require(isinstance(stage.method, (str, dict)),
             f"{where}.method must be a config path (e.g. `method`) or a method node, got {stage.method!r}.")
     if stage.only_for is not None:
@@ -159,6 +180,8 @@ def build_stages(cfg: DictConfig) -> list[Stage]:
         names.add(stage.name)
         if not stages and stage.teacher == "previous":  # the first stage's predecessor is the run's teacher
             stage = replace(stage, teacher="teacher")
+        if stage.teacher_epoch is not None:
+            check_teacher_epoch(cfg, stage, here)
         recipe = stage_recipe(cfg, stage.recipe, here)
         stage = replace(stage, method_cfg=method_cfg, train_recipe=recipe)
         check_stage(stage, here)
@@ -168,13 +191,29 @@ def build_stages(cfg: DictConfig) -> list[Stage]:
     return stages
 
 
+def check_teacher_epoch(cfg: DictConfig, stage: Stage, where: str) -> None:
+    require(stage.teacher == "teacher", f"{where}.teacher_epoch={stage.teacher_epoch} picks an epoch of the run's "
+                                        f"teacher, but the stage's teacher is {stage.teacher!r}: give it teacher "
+                                        f"`teacher`, or teacher_epoch null.")
+    require(not cfg.teacher.get("checkpoint"),
+            f"{where} distils from the teacher's weights of epoch {stage.teacher_epoch}, which kdrun keeps when it "
+            f"trains the teacher; teacher.checkpoint gives only final weights. Set teacher.checkpoint=null.")
+    require(not (cfg.method.get("teachers") or []),
+            f"{where} distils from the teacher's weights of epoch {stage.teacher_epoch}: one teacher's route, "
+            f"not an ensemble's (method.teachers={list(cfg.method.teachers)}).")
+    epochs = int(cfg.teacher.train.epochs)
+    require(stage.teacher_epoch <= epochs, f"{where}.teacher_epoch={stage.teacher_epoch}: the teacher trains "
+                                           f"for teacher.train.epochs={epochs} epochs.")
+
+
 def stage_recipe(cfg: DictConfig, path: str, where: str) -> Recipe:
     """The recipe at `path`: a node typed `Recipe` (`train`, `teacher.train`) is a whole recipe; any other
     (a `RecipeDelta` such as schedule.hint, or a plain mapping) holds the keys in which the stage differs
     from `train`."""
     node = resolve_node(cfg, path, "recipe", where)
-    if OmegaConf.get_type(node) is Recipe:
-        return Recipe.from_config(node, path)
+    kind = OmegaConf.get_type(node)
+    if kind in (Recipe, TeacherRecipe):
+        return kind.from_config(node, path)
     return Recipe.from_config(cfg.train, path, delta=node)
 
 
@@ -186,6 +225,8 @@ def check_stage(stage: Stage, where: str) -> None:
         typed(method_cls.Config, {k: v for k, v in OmegaConf.to_container(stage.method_cfg, resolve=True).items()
                                   if k != "_target_"}, "method")
     method_cls.validate(stage.method_cfg)
+    if stage.phase == "main":  # ESKD's stop_epoch counts the stage's epochs
+        check_stop_epoch_in_stage(stage.method_cfg, stage.train_recipe.epochs, f"stage {stage.name!r} (recipe {stage.recipe})")
     if stage.phase == "init":
         require(method_cls.has_init_stage,
                 f"{where} is the initialisation stage of method {stage.method_cfg.name!r}, which has none. "

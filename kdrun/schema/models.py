@@ -11,7 +11,7 @@ import typing
 from dataclasses import field, make_dataclass
 from typing import Any, List, Optional
 
-from kdrun.training.recipe import Precision, Recipe
+from kdrun.training.recipe import Precision, Recipe, TeacherRecipe
 
 SHAPE_ARGS = ("num_classes", "in_channels", "image_size")
 
@@ -56,14 +56,14 @@ def constructor_fields(ctor) -> list[tuple[str, Any, Any]]:
     return out
 
 
-def teacher_recipe() -> Recipe:
+def teacher_recipe() -> TeacherRecipe:
     """A teacher's recipe: the schema's defaults, with the speed keys following `train`'s."""
-    return Recipe(precision="${train.precision}", channels_last="${train.channels_last}",
+    return TeacherRecipe(precision="${train.precision}", channels_last="${train.channels_last}",
                   compile="${train.compile}")
 
 
-TEACHER_KEYS = ("checkpoint", "seed", "train")  # a teacher's own keys (own_teacher), beside its model's
-TEACHER_TYPES = {"checkpoint": Optional[str], "seed": Optional[int]}
+TEACHER_KEYS = ("checkpoint", "seed", "epoch", "train")  # a teacher's own keys (own_teacher), beside its model's
+TEACHER_TYPES = {"checkpoint": Optional[str], "seed": Optional[int], "epoch": Optional[int]}
 
 
 def own_teacher():
@@ -75,6 +75,7 @@ def own_teacher():
 
     return OmegaConf.create({"checkpoint": StringNode(None, is_optional=True),  # a file of trained weights
                              "seed": IntegerNode(None, is_optional=True),  # null: the run's seed
+                             "epoch": IntegerNode(None, is_optional=True),  # null: the last epoch's weights
                              "train": OmegaConf.structured(teacher_recipe())})
 
 

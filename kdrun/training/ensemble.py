@@ -5,6 +5,7 @@ with `teacher.train.*` and seed `seed + i`, so repeating a model name gives inde
 from __future__ import annotations
 
 import logging
+from typing import Iterable
 
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
@@ -23,7 +24,7 @@ def member_configs(cfg: DictConfig) -> list[DictConfig]:
     out = [cfg]
     for i, name in enumerate(cfg.method.get("teachers") or [], start=1):
         node = {"name": str(name), **model_defaults(str(name)), "checkpoint": None,
-                "train": OmegaConf.to_container(cfg.teacher.train, resolve=True)}
+                "epoch": cfg.teacher.get("epoch"), "train": OmegaConf.to_container(cfg.teacher.train, resolve=True)}
         member = cfg.copy()
         OmegaConf.set_struct(member, False)
         member.teacher = node
@@ -44,10 +45,12 @@ def build_teacher(cfg: DictConfig, info: DataInfo) -> nn.Module:
     return TeacherEnsemble(members, str(cfg.method.get("ensemble", "arithmetic")))
 
 
-def obtain_teachers(cfg: DictConfig, teacher: nn.Module, data: Dataset, progress: bool) -> tuple[float, str]:
-    """`obtain_teacher` for one teacher or each member of an ensemble; the ensemble's accuracy and sources."""
+def obtain_teachers(cfg: DictConfig, teacher: nn.Module, data: Dataset, progress: bool,
+                    epochs: Iterable[int] = ()) -> tuple[float, str]:
+    """`obtain_teacher` for one teacher or each member of an ensemble; the ensemble's accuracy and sources.
+    `epochs`: the epochs whose weights the run needs besides (one teacher's)."""
     if not isinstance(teacher, TeacherEnsemble):
-        return obtain_teacher(cfg, teacher, data, progress)
+        return obtain_teacher(cfg, teacher, data, progress, epochs)
     sources = []
     for member_cfg, member in zip(member_configs(cfg), teacher.members):
         _, source = obtain_teacher(member_cfg, member, data, progress)

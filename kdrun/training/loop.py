@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from kdrun.data.base import Dataset, Split
+from kdrun.data.randaugment import StrongView
 from kdrun.errors import UserError
 from kdrun.methods.base import Distiller
 from kdrun.training.checkpoint import load_torch, save_torch
@@ -90,11 +91,16 @@ def fit(
     parameters: Optional[list] = None,
     stamp: Optional[dict] = None,
     phase: str = "main",
+    stop_after: Optional[int] = None,
+    after_epoch: Optional[Callable[[int, dict], None]] = None,
 ) -> StageResult:
     """Train `parameters` (default: every trainable parameter of the method, student included).
 
     `stamp`: what the checkpoint was made under (the run's `config_id`, a cache key): saved with every
-    checkpoint, and a checkpoint with another stamp is refused instead of resumed."""
+    checkpoint, and a checkpoint with another stamp is refused instead of resumed.
+    `stop_after`: the last epoch to train now (the recipe's schedule stays that of all its epochs; a later
+    call resumes from the checkpoint). `after_epoch(epoch, entry)`: called for each epoch trained in this
+    call (not for those of a resumed history), before its checkpoint is written."""
     stamp = dict(stamp or {})
     params = parameters if parameters is not None else [p for p in distiller.parameters() if p.requires_grad]
     data = recipe.data_for(data)
@@ -127,8 +133,9 @@ def fit(
 
     n = len(data.train)
     batches = data.num_batches(data.train, recipe.batch_size)
+    strong = StrongView(data, method=str(distiller.cfg.name)) if distiller.strong_view and phase == "main" else None
     with StageProgress(progress, stage, recipe.epochs, batches, start) as bar:
-        for epoch in range(start, recipe.epochs + 1):
+        for epoch in range(start, min(recipe.epochs, stop_after or recipe.epochs) + 1):
             distiller.train()
             seed_e = epoch_seed(seed, stage, epoch)
             torch.manual_seed(seed_e)
@@ -141,10 +148,12 @@ def fit(
             if recipe.momentum_ramp is not None:  # a function of the epoch alone: resumes exactly
                 set_momentum(optimizer, recipe.momentum_in(epoch))
             lr = optimizer.param_groups[0]["lr"]  # the epoch's lr: the scheduler steps once, at its end
+            strong_gen = strong.generator(epoch_seed(seed, f"{stage}/strong", epoch)) if strong else None
             for idx, x, y in data.batches(data.train, recipe.batch_size, shuffle=True, seed=seed_e, train=True):
+                views = {"x_strong": speed.batch(strong(idx, strong_gen))} if strong else {}
                 with speed.autocast():
                     _, losses = distiller.forward_train(speed.batch(x), y, epoch, idx, phase=phase,
-                                                        teacher_cache=teacher_cache)
+                                                        teacher_cache=teacher_cache, **views)
                 loss = sum(losses.values())
                 step += 1
                 if not losses:
@@ -178,6 +187,8 @@ def fit(
             if data.val is not None:
                 entry["val_acc"] = evaluate(distiller.student, data, data.val, speed=speed)
             result.history.append(entry)
+            if after_epoch:
+                after_epoch(epoch, entry)
             if checkpoint is not None:
                 save_torch(checkpoint, {
                     **stamp, "stage": stage, "epoch": epoch, "model": distiller.state_dict(),

@@ -70,6 +70,9 @@ class Recipe:
         its non-null keys) over it; checked for ranges and cross-key rules."""
         from kdrun.schema.errors import typed
 
+        kind = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+        if isinstance(kind, type) and issubclass(kind, cls) and delta is None:
+            cls = kind  # the node's own schema (teacher.train is a TeacherRecipe)
         values = OmegaConf.to_container(node, resolve=True)
         if delta is not None:
             values.update({k: v for k, v in OmegaConf.to_container(delta, resolve=True).items() if v is not None})
@@ -143,7 +146,8 @@ class Recipe:
 
     def as_dict(self) -> dict:
         """The keys that decide what is computed (the teacher cache key): the speed keys are left out."""
-        d = {k: plain(v) for k, v in self.__dict__.items() if k not in RUNTIME_KEYS and not self.left_out_of_key(k)}
+        d = {k: plain(v) for k, v in self.__dict__.items()
+             if k not in RUNTIME_KEYS and k not in KEPT_KEYS and not self.left_out_of_key(k)}
         d["milestones"] = list(self.milestones)
         if "momentum_ramp" in d:
             d["momentum_ramp"] = list(self.momentum_ramp)
@@ -156,6 +160,30 @@ class Recipe:
             return True
         return key in LATER_KEYS and getattr(self, key) == LATER_KEYS[key]
 
+
+@dataclass
+class TeacherRecipe(Recipe):
+    """`teacher.train`: a recipe, and the epochs whose weights the teacher cache keeps besides the last
+    (for `teacher.epoch=E` and `schedule=rco`'s anchors). Which epochs are kept changes nothing the
+    teacher computes: they are not in its cache key nor in a run's config_id."""
+    keep_epochs: List[int] = field(default_factory=list)  # epochs (1 .. epochs) whose weights are kept
+    keep_every: Optional[int] = None  # also keep every k-th epoch's weights
+
+    def kept_epochs(self) -> list[int]:
+        """The epochs before the last whose weights the cache keeps (the last epoch's are the teacher's)."""
+        every = range(self.keep_every, self.epochs, self.keep_every) if self.keep_every else ()
+        return sorted({int(e) for e in (*self.keep_epochs, *every) if int(e) < self.epochs})
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        for e in self.keep_epochs:
+            require(1 <= int(e) <= self.epochs, f"{where}.keep_epochs={list(self.keep_epochs)}: each is an epoch "
+                                                f"of the teacher's recipe, 1 to {where}.epochs ({self.epochs}).")
+        require(self.keep_every is None or int(self.keep_every) >= 1,
+                f"{where}.keep_every={self.keep_every}: expected null or a number of epochs, 1 or more.")
+
+
+KEPT_KEYS = ("keep_epochs", "keep_every")  # TeacherRecipe's: what the cache keeps, not what is trained
 
 LATER_KEYS = {f.name: f.default for f in fields(Recipe)
               if f.name in ("optimizer", "rmsprop_decay", "rmsprop_eps", "lr_decay", "momentum_ramp", "augment")}

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import Callable, Iterable, Optional
 
 import torch
 import torch.nn as nn
@@ -26,7 +27,7 @@ from kdrun.methods import method_class
 from kdrun.models import build_model, model_label
 from kdrun.training.checkpoint import load_torch, save_torch
 from kdrun.training.loop import evaluate, fit
-from kdrun.training.recipe import Recipe
+from kdrun.training.recipe import Recipe, TeacherRecipe
 
 log = logging.getLogger("kdrun")
 CACHE_FORMAT = 1
@@ -34,7 +35,7 @@ CACHE_FORMAT = 1
 
 def model_identity(model_cfg: DictConfig) -> dict:
     return {k: v for k, v in OmegaConf.to_container(model_cfg, resolve=True).items()
-            if k not in ("checkpoint", "train", "seed")}
+            if k not in ("checkpoint", "train", "seed", "epoch")}
 
 
 def dataset_identity(dataset_cfg: DictConfig) -> dict:
@@ -144,18 +145,53 @@ def teacher_seed(cfg: DictConfig) -> int:
     return pinned
 
 
-def train_teacher(cfg: DictConfig, data: Dataset, recipe: Recipe, seed: int, progress: bool,
-                  partial: Path, key: str) -> tuple[nn.Module, float]:
+def snapshot_path(path: Path, epoch: int) -> Path:
+    """Where the cache keeps the weights of epoch `epoch` of the teacher cached at `path`."""
+    return path.with_name(f"{path.stem}.e{epoch}.pt")
+
+
+def teacher_identity(source: str) -> str:
+    """What a teacher is, for the keys of the stages that learn from it: a digest of its weight files (a cache
+    entry, kept weights of an epoch or `teacher.checkpoint`; several for an ensemble)."""
+    h = hashlib.sha256()
+    for path in source.split(", "):
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def check_teacher_epoch(cfg: DictConfig, recipe: Optional[TeacherRecipe]) -> None:
+    """`teacher.epoch`: an epoch of the teacher's own recipe, for a teacher kdrun trains."""
+    epoch = cfg.teacher.get("epoch")
+    if epoch is None:
+        return
+    if cfg.teacher.get("checkpoint"):
+        raise UserError(f"teacher.epoch={epoch} picks an epoch of a teacher kdrun trains, but teacher.checkpoint "
+                        f"gives the weights. Give one of them: teacher.checkpoint=null to train the teacher and "
+                        f"distil from its epoch {epoch}, or teacher.epoch=null.")
+    if not 1 <= int(epoch) <= recipe.epochs:
+        raise UserError(f"teacher.epoch={epoch}: the teacher trains for teacher.train.epochs={recipe.epochs} "
+                        f"epochs; give an epoch from 1 to {recipe.epochs} (or null for the last).")
+
+
+def train_teacher(cfg: DictConfig, data: Dataset, recipe: Recipe, seed: int, progress: bool, partial: Path,
+                  key: str, stop_after: Optional[int] = None,
+                  keep: Optional[Callable[[int, nn.Module, dict], None]] = None) -> tuple[nn.Module, float]:
+    torch.manual_seed(seed)  # its initial weights from its seed alone, as its cache key says
     model = build_model(cfg.teacher, data.info, "teacher").to(data.device)
-    torch.manual_seed(seed)
     trainer = method_class("ce")(model, None, OmegaConf.create({"name": "ce"}), data.info)
     result = fit(trainer, data, recipe, stage="teacher", seed=seed, checkpoint=partial, progress=progress,
-                 stamp={"cache_key": key})
+                 stamp={"cache_key": key}, stop_after=stop_after,
+                 after_epoch=(lambda epoch, entry: keep(epoch, model, entry)) if keep else None)
     return model, result.test_acc
 
 
-def obtain_teacher(cfg: DictConfig, teacher: nn.Module, data: Dataset, progress: bool) -> tuple[float, str]:
-    """Fill `teacher` with trained weights. Returns its test accuracy and where it came from."""
+def obtain_teacher(cfg: DictConfig, teacher: nn.Module, data: Dataset, progress: bool,
+                   epochs: Iterable[int] = ()) -> tuple[float, str]:
+    """Fill `teacher` with trained weights: its last epoch's, or `teacher.epoch`'s. `epochs`: epochs whose
+    weights the run needs besides (schedule=rco's anchors), kept in the cache with `teacher.train.keep_*`'s.
+    Returns its test accuracy and where it came from."""
     label = model_label(cfg.teacher)
     if cfg.teacher.get("checkpoint"):
         path = Path(str(cfg.teacher.checkpoint)).expanduser()
@@ -163,27 +199,76 @@ def obtain_teacher(cfg: DictConfig, teacher: nn.Module, data: Dataset, progress:
         acc = evaluate(teacher, data, data.test)
         log.info("Teacher %s loaded from %s (test acc %.2f%%).", label, path, acc)
         return acc, str(path)
-    recipe = Recipe.from_config(cfg.teacher.train, "teacher.train")
+    recipe = TeacherRecipe.from_config(cfg.teacher.train, "teacher.train")
     seed = teacher_seed(cfg)
     key = cache_key(cfg.teacher, cfg.dataset, recipe, seed)
     path = entry_path(Path(cfg.cache_dir), label, str(cfg.dataset.name), seed, key)
+    wanted = cfg.teacher.get("epoch")
+    wanted = int(wanted) if wanted is not None and int(wanted) < recipe.epochs else None  # None: the last
+    kept = sorted({*recipe.kept_epochs(), *(int(e) for e in epochs if int(e) < recipe.epochs),
+                   *([wanted] if wanted else [])})
     with file_lock(path):
-        if path.exists():
-            entry = load_entry(path, key, "cached teacher")
-            teacher.load_state_dict(entry["state_dict"])
-            log.info("Teacher %s reused from the teacher cache: %s (test acc %.2f%%, no training).",
-                     label, path, entry["test_acc"])
-            return float(entry["test_acc"]), str(path)
-        log.info("Teacher %s not in the cache: training it (%s), then caching it at %s.",
-                 label, plural(recipe.epochs, "epoch"), path)
-        partial = path.with_suffix(".partial.pt")
-        trained, acc = train_teacher(cfg, data, recipe, seed, progress, partial, key)
+        missing = [e for e in kept if not snapshot_path(path, e).exists()]
+        trained = not path.exists() or bool(missing)
+        if trained:
+            train_and_keep(cfg, data, recipe, seed, progress, path, key, kept, missing)
+        state, where, acc = kept_weights(cfg, wanted or recipe.epochs)
+        teacher.load_state_dict(state)
+        if wanted or not trained:
+            log.info("Teacher %s%s %s the teacher cache: %s (test acc %.2f%%%s).", label,
+                     f" of epoch {wanted}" if wanted else "", "from" if trained else "reused from", where, acc,
+                     "" if trained else ", no training")
+        return acc, str(where)
+
+
+def kept_weights(cfg: DictConfig, epoch: int) -> tuple[dict, Path, float]:
+    """The teacher's weights of `epoch` (kept in the cache by `obtain_teacher`), their file and test accuracy."""
+    recipe = TeacherRecipe.from_config(cfg.teacher.train, "teacher.train")
+    seed = teacher_seed(cfg)
+    key = cache_key(cfg.teacher, cfg.dataset, recipe, seed)
+    path = entry_path(Path(cfg.cache_dir), model_label(cfg.teacher), str(cfg.dataset.name), seed, key)
+    if epoch >= recipe.epochs:
+        entry = load_entry(path, key, "cached teacher")
+        return entry["state_dict"], path, float(entry["test_acc"])
+    where = snapshot_path(path, epoch)
+    entry = load_entry(where, key, f"cached teacher of epoch {epoch}")
+    if entry.get("epoch") != epoch:
+        raise UserError(f"The cached teacher {where} holds epoch {entry.get('epoch')}, not {epoch} (was it renamed "
+                        f"or copied?). Delete it and run again: kdrun trains the teacher again to keep epoch {epoch}.")
+    return entry["state_dict"], where, float(entry["test_acc"])
+
+
+def train_and_keep(cfg: DictConfig, data: Dataset, recipe: TeacherRecipe, seed: int, progress: bool, path: Path,
+                   key: str, kept: list[int], missing: list[int]) -> None:
+    """Train the teacher into the cache entry at `path`, keeping the weights of the epochs `kept`. When the
+    entry exists and only kept epochs are `missing`, train up to the last of them (the same weights: the
+    epochs' batches and learning rates follow from the seed and the recipe alone)."""
+    label = model_label(cfg.teacher)
+    partial = path.with_suffix(".partial.pt")
+    stop = max(missing) if path.exists() else None
+    if partial.exists() and missing and int(load_torch(partial, "teacher checkpoint").get("epoch", 0)) >= min(missing):
+        partial.unlink()  # it is past an epoch to keep: train again from the start
+    if stop:
+        log.info("Teacher %s: the cache has no weights of epoch%s %s: training it again up to epoch %d to "
+                 "keep them.", label, "s" if len(missing) > 1 else "", ", ".join(map(str, missing)), stop)
+    else:
+        log.info("Teacher %s not in the cache: training it (%s), then caching it at %s%s.", label,
+                 plural(recipe.epochs, "epoch"), path,
+                 f", with the weights of epoch{'s' if len(kept) > 1 else ''} {', '.join(map(str, kept))}" if kept else "")
+
+    def keep(epoch: int, model: nn.Module, entry: dict) -> None:
+        if epoch in kept:
+            save_torch(snapshot_path(path, epoch), {"key": key, "epoch": epoch, "state_dict": model.state_dict(),
+                                                    "test_acc": entry["test_acc"], "model": label,
+                                                    "dataset": str(cfg.dataset.name), "seed": seed})
+
+    trained, acc = train_teacher(cfg, data, recipe, seed, progress, partial, key, stop_after=stop, keep=keep)
+    if not stop:
         save_torch(path, {"key": key, "state_dict": trained.state_dict(), "test_acc": acc, "model": label,
                           "dataset": str(cfg.dataset.name), "recipe": recipe.as_dict(), "seed": seed})
-        partial.unlink(missing_ok=True)
-        teacher.load_state_dict(trained.state_dict())
         log.info("Teacher %s trained: test acc %.2f%%.", label, acc)
-        return acc, str(path)
+    partial.unlink(missing_ok=True)
 
 
-__all__ = ["obtain_teacher", "cache_key", "cache_path", "extract_state_dict", "load_weights"]
+__all__ = ["obtain_teacher", "cache_key", "cache_path", "check_teacher_epoch", "extract_state_dict", "teacher_identity", "kept_weights", "load_weights",
+           "snapshot_path"]
