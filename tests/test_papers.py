@@ -18,8 +18,8 @@ from kdrun.schedules.spec import stage_recipe
 from kdrun.training.recipe import RecipeDelta
 from tests.conftest import REPO, compose_config, kdrun_cli
 
-TABLES = ["ab_cifar10", "at_cifar10", "ban_cifar100", "crd_cifar100", "fitnet_cifar10", "fsp_cifar10",
-          "hinton_mnist", "takd_cifar"]
+TABLES = ["ab_cifar10", "at_cifar10", "ban_cifar100", "best_cifar100", "crd_cifar100", "fitnet_cifar10",
+          "fsp_cifar10", "hinton_mnist", "ofd_cifar100", "takd_cifar"]
 
 # The published recipes, written here from the papers and the authors' code (see each preset's comments).
 REPDISTILLER = {"train.epochs": 240, "train.batch_size": 64, "train.lr": 0.05, "train.momentum": 0.9,
@@ -47,6 +47,17 @@ RECIPES = {
                      "method.name": "kd", "method.T": 20.0},
     "crd_cifar100": {**REPDISTILLER, "dataset.name": "cifar100", "method.name": "kd", "method.T": 4.0,
                      "method.alpha": 0.9, "teacher.name": "wrn40_2", "student.name": "wrn16_2"},
+    "ofd_cifar100": {"dataset.name": "cifar100", "method.name": "ofd", "method.beta": 1e-3, "method.ce_weight": 1.0,
+                     "teacher.name": "wrn28_4", "student.name": "wrn16_2", "train.epochs": 200, "train.batch_size": 128,
+                     "train.lr": 0.1, "train.momentum": 0.9, "train.nesterov": True, "train.weight_decay": 5e-4,
+                     "train.milestones": [100, 150], "train.gamma": 0.1, "teacher.train.epochs": 200,
+                     "teacher.train.milestones": [100, 150], "teacher.train.nesterov": True,
+                     "dataset.augment.crop_padding": 4, "dataset.augment.padding_mode": "reflect",
+                     "dataset.augment.flip": True},
+    # mdistiller's recipe (= RepDistiller's); KD+LS at Sun et al.'s settings for wrn40_2->wrn16_2
+    "best_cifar100": {**REPDISTILLER, "dataset.name": "cifar100", "method.name": "kd", "method.logit_stand": True,
+                      "method.T": 2.0, "method.alpha": 9.0, "method.ce_weight": 0.1, "teacher.name": "wrn40_2",
+                      "student.name": "wrn16_2"},
     "at_cifar10": {"dataset.name": "cifar10", "method.name": "at", "method.beta": 1000.0, "method.p": 2.0,
                    "method.T": 4.0, "train.epochs": 200, "train.batch_size": 128, "train.lr": 0.1,
                    "train.weight_decay": 5e-4, "train.milestones": [60, 120, 160], "train.gamma": 0.2,
@@ -152,6 +163,41 @@ def test_crd_preset_and_sweep_preset_agree():
     assert (cfg.teacher.name, cfg.student.name, cfg.train.lr, cfg.train.epochs) == ("resnet50", "mobilenetv2", 0.01, 240)
 
 
+def test_best_preset_and_sweep_preset_agree():
+    cfg = compose_config(["experiment=best_cifar100"])
+    params = compose_config(["sweep=best_table"], return_hydra_config=True).hydra.sweeper.params
+    for key in ("train.epochs", "train.batch_size", "train.lr", "train.momentum", "train.weight_decay",
+                "teacher.train.epochs", "teacher.train.batch_size", "teacher.train.lr", "teacher.train.weight_decay",
+                ):
+        assert float(params[key]) == float(value(cfg, key)), key
+    assert json.loads(params["train.milestones"]) == value(cfg, "train.milestones")
+    assert set(params["method"].split(",")) >= {"reviewkd", "kd_ls", "dkd_ls", "mlkd", "mlkd_ls", "ofd", "darkrank",
+                                                "grad_at"}
+    columns = {f"{c['match']['teacher']}-{c['match']['student']}" for c in load_paper("best_cifar100")["columns"]}
+    assert set(params["pair"].split(",")) == columns
+
+
+# The LS paper's settings per pair, from the names of its logs (KD: T, weight; DKD: T, weight x ALPHA,
+# weight x BETA; MLKD: weight) and ReviewKD's weight from the authors' script/reviewKD.sh.
+LS = {"resnet32x4-resnet8x4": ((2, 9), (2, 9, 72), 9, 5.0), "vgg13-vgg8": ((3, 9), (2, 15, 30), 6, 5.0),
+      "wrn40_2-wrn40_1": ((2, 9), (2, 12, 24), 9, 5.0), "wrn40_2-wrn16_2": ((2, 9), (2, 12, 24), 9, 5.0),
+      "resnet56-resnet20": ((2, 9), (3, 18, 36), 9, 0.6), "resnet110-resnet32": ((2, 9), (2, 15, 30), 9, 1.0),
+      "resnet110-resnet20": ((4, 12), (2, 15, 30), 9, 5.0)}
+
+
+@pytest.mark.parametrize("pair", sorted(LS))
+def test_the_ls_rows_and_reviewkd_take_their_papers_settings_for_each_pair(pair):
+    kd, dkd, mlkd, reviewkd = LS[pair]
+    m = compose_config(["experiment=best_cifar100", "method=kd_ls", f"pair={pair}"]).method
+    assert (m.name, m.logit_stand, m.T, m.alpha, m.ce_weight) == ("kd", True, *kd, 0.1)
+    m = compose_config(["experiment=best_cifar100", "method=dkd_ls", f"pair={pair}"]).method
+    assert (m.name, m.logit_stand, m.T, m.dkd_alpha, m.dkd_beta, m.ce_weight, m.warmup) == ("dkd", True, *dkd, 1.0, 20)
+    m = compose_config(["experiment=best_cifar100", "method=mlkd_ls", f"pair={pair}"]).method
+    assert (m.name, m.logit_stand, m.kd_weight, list(m.temperatures)) == ("mlkd", True, mlkd, [2, 3, 5, 2, 6])
+    assert compose_config(["experiment=best_cifar100", "method=reviewkd", f"pair={pair}"]).method.beta == reviewkd
+    assert compose_config(["method=kd_ls", f"pair={pair}", "method.T=7"]).method.T == 7  # the command line wins
+
+
 def test_crd_preset_keeps_each_methods_published_weights():
     """The table's rows are each method alone (RepDistiller: -r 1 -a 0 -b BETA); only kd has alpha 0.9."""
     crd = compose_config(["experiment=crd_cifar100", "method=crd"]).method
@@ -189,6 +235,11 @@ def test_the_report_shows_every_published_cell_with_its_source(name):
         for value, source, cell in zip(row["values"], sources, shown[row["label"]]):
             expected = "— vs n/a" if value is None else f"— vs {value:.2f}" + (f" [{source}]" if source else "")
             assert cell == expected, (name, row["label"], cell, expected)
+
+
+def test_ofds_test_errors_are_converted_to_accuracies():
+    for row in load_paper("ofd_cifar100")["rows"]:
+        assert [round(100 - e, 2) for e in row["test_errors"]] == row["values"], row["label"]
 
 
 def test_hintons_test_errors_are_converted_to_accuracies():
@@ -269,7 +320,7 @@ def test_a_script_per_table():
     assert sorted(p.stem.removeprefix("reproduce_") for p in SCRIPTS) == TABLES
 
 
-SLOW_SMOKE = ("crd_cifar100", "at_cifar10", "fitnet_cifar10", "takd_cifar")  # 10-30 s each on 2 cores
+SLOW_SMOKE = ("crd_cifar100", "at_cifar10", "fitnet_cifar10", "takd_cifar", "best_cifar100")  # 10-30 s each on 2 cores
 
 
 @pytest.mark.parametrize("script", [pytest.param(p, marks=pytest.mark.slow) if p.stem.removeprefix("reproduce_")

@@ -15,6 +15,15 @@ class PerPair:
     """Published values that differ by teacher -> student pair, set by a `pair=...` preset and read by the
     method keys that interpolate them (conf/method/dkd.yaml)."""
     dkd_beta: float = 8.0  # mdistiller's DKD.BETA: its default, or the pair's value (conf/pair/*.yaml)
+    reviewkd_beta: float = 5.0  # ReviewKD's loss weight (the authors' script/reviewKD.sh, per pair)
+    # Logit standardisation's per-pair settings (Sun et al., CVPR 2024; their README's log names): the base
+    # temperature of KD+LS, DKD+LS's temperature and weights (their kd-weight times ALPHA and BETA), MLKD+LS's weight.
+    ls_kd_T: float = 2.0
+    ls_kd_weight: float = 9.0
+    ls_dkd_T: float = 2.0
+    ls_dkd_alpha: float = 9.0
+    ls_dkd_beta: float = 72.0
+    ls_mlkd_weight: float = 9.0
 
 
 @dataclass
