@@ -151,3 +151,35 @@ def test_identities_of_runs_made_before_the_options_are_kept(overrides):
     assert config_identity(compose_config(overrides)) == before[tuple(overrides)]
     for option in ("method.logit_stand=true", "method.stop_epoch=3"):
         assert config_identity(compose_config([*overrides, option])) != before[tuple(overrides)]
+
+
+def test_the_teacher_does_not_run_once_the_kd_term_has_stopped():
+    method = kd(stop_epoch=2)
+    calls = []
+    real = method.teacher_forward
+    method.teacher_forward = lambda x: calls.append(1) or real(x)
+    for epoch in (1, 2, 3, 4):
+        method.forward_train(X, Y, epoch)
+    assert len(calls) == 2  # epochs 1 and 2
+
+
+def test_the_teacher_output_cache_is_complete_only_once_every_example_is_stored():
+    from kdrun.training.teacher_outputs import TeacherOutputs
+
+    cache = TeacherOutputs(4, torch.zeros(2, 3), {})
+    cache.store(torch.tensor([0, 1]), torch.ones(2, 3), {})
+    cache.epoch_done()  # an epoch that needed only two of them
+    assert not cache.complete
+    cache.store(torch.tensor([2, 3]), torch.ones(2, 3), {})
+    cache.epoch_done()
+    assert cache.complete
+
+
+def test_a_kd_weight_that_starts_at_0_fills_the_teacher_cache_later(tmp_path):
+    """Epoch 1 needs no teacher (alpha 0 there), so the cache fills in epoch 2: the run equals one without it."""
+    common = TINY + ["method=kd", "method.alpha=0", "method.alpha_anneal=[1,2,0.9]", "method.ce_weight=1",
+                     "train.epochs=3", "dataset.augment=null"]
+    cached = run(compose_config(common + ["train.cache_teacher=true"]), tmp_path / "cached")
+    plain = run(compose_config(common + ["train.cache_teacher=false"]), tmp_path / "plain")
+    assert [h["train_loss"] for h in cached["history"]] == [h["train_loss"] for h in plain["history"]]
+    assert "kd" not in cached["history"][0]["losses"] and "kd" in cached["history"][2]["losses"]

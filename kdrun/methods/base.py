@@ -139,13 +139,15 @@ class Distiller(nn.Module):
             x = x.detach().requires_grad_(True)
         s_logits = self.student(x)
         s_feats = self._student_hooks.take() if self._student_hooks else {}
-        t_logits, t_feats = self.teacher_outputs(x, index, teacher_cache) if self.uses_teacher else (None, {})
+        weights = self.weights(epoch, phase)
+        needed = frozenset(name for name, weight in weights.items() if weight)
+        # The teacher runs only for a term beside the hard labels (none after ESKD's stop_epoch, for one).
+        wants_teacher = self.uses_teacher and bool(needed - {"ce"})
+        t_logits, t_feats = self.teacher_outputs(x, index, teacher_cache) if wants_teacher else (None, {})
         # Under bf16 autocast only the models' forwards are bf16: the losses see fp32 tensors.
         with full_precision(x.device.type):
             batch = Batch(x=x, **loss_inputs(dict(y=y, s_logits=s_logits, t_logits=t_logits, s_feats=s_feats,
                                                   t_feats=t_feats)), epoch=epoch, index=index, phase=phase)
-            weights = self.weights(epoch, phase)
-            needed = frozenset(name for name, weight in weights.items() if weight)
             terms = self.terms(needed, batch)
             losses = {name: weights[name] * terms[name] for name in weights if name in needed}
         return batch.s_logits, losses

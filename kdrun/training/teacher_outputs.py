@@ -39,7 +39,8 @@ class TeacherOutputs:
         self.logits = torch.empty((n, *logits.shape[1:]), dtype=logits.dtype, device=logits.device)
         self.features = {k: torch.empty((n, *v.shape[1:]), dtype=v.dtype, device=v.device)
                          for k, v in features.items()}
-        self.complete = False  # set after one full epoch: every example has been stored
+        self.stored = torch.zeros(n, dtype=torch.bool, device=logits.device)
+        self.complete = False  # set after an epoch at whose end every example has been stored
 
     @staticmethod
     def nbytes(n: int, logits: torch.Tensor, features: dict[str, torch.Tensor]) -> int:
@@ -48,6 +49,7 @@ class TeacherOutputs:
 
     def store(self, index: torch.Tensor, logits: torch.Tensor, features: dict[str, torch.Tensor]) -> None:
         self.logits[index] = logits
+        self.stored[index] = True
         for k, v in features.items():
             self.features[k][index] = v
 
@@ -55,7 +57,9 @@ class TeacherOutputs:
         return self.logits[index], {k: v[index] for k, v in self.features.items()}
 
     def epoch_done(self) -> None:
-        self.complete = True
+        """An epoch may leave examples unstored: one in which the method needed no teacher output (a KD weight
+        that starts at 0) stores none."""
+        self.complete = self.complete or bool(self.stored.all())
 
 
 def probe_teacher(distiller, data: Dataset, speed, size: int):
