@@ -235,7 +235,13 @@ def exactly(name):
     return {"mobilenetv2": "last"}.get(name, "none")
 
 
-@pytest.mark.parametrize("name", MODELS.names())
+# One model of each family in the default run, every zoo model with `pytest -m slow`.
+FAMILIES = ("wrn16_2", "resnet8", "resnet32x4", "resnet18", "resnet50", "vgg8", "mobilenetv2", "shufflenetv1",
+            "shufflenetv2", "plain4", "mlp", "maxout_cifar", "fitnet1")
+
+
+@pytest.mark.parametrize("name", [n if n in FAMILIES else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in MODELS.names()])
 def test_every_zoo_model_names_the_bn_before_each_preact_or_none(name):
     size = (16, 16)
     try:

@@ -185,17 +185,20 @@ LS = {"resnet32x4-resnet8x4": ((2, 9), (2, 9, 72), 9, 5.0), "vgg13-vgg8": ((3, 9
       "resnet110-resnet20": ((4, 12), (2, 15, 30), 9, 5.0)}
 
 
-@pytest.mark.parametrize("pair", sorted(LS))
-def test_the_ls_rows_and_reviewkd_take_their_papers_settings_for_each_pair(pair):
-    kd, dkd, mlkd, reviewkd = LS[pair]
-    m = compose_config(["experiment=best_cifar100", "method=kd_ls", f"pair={pair}"]).method
-    assert (m.name, m.logit_stand, m.T, m.alpha, m.ce_weight) == ("kd", True, *kd, 0.1)
-    m = compose_config(["experiment=best_cifar100", "method=dkd_ls", f"pair={pair}"]).method
-    assert (m.name, m.logit_stand, m.T, m.dkd_alpha, m.dkd_beta, m.ce_weight, m.warmup) == ("dkd", True, *dkd, 1.0, 20)
-    m = compose_config(["experiment=best_cifar100", "method=mlkd_ls", f"pair={pair}"]).method
-    assert (m.name, m.logit_stand, m.kd_weight, list(m.temperatures)) == ("mlkd", True, mlkd, [2, 3, 5, 2, 6])
-    assert compose_config(["experiment=best_cifar100", "method=reviewkd", f"pair={pair}"]).method.beta == reviewkd
-    assert compose_config(["method=kd_ls", f"pair={pair}", "method.T=7"]).method.T == 7  # the command line wins
+def test_the_ls_rows_and_reviewkd_take_their_papers_settings_for_each_pair():
+    for pair, (kd, dkd, mlkd, reviewkd) in LS.items():
+        p = compose_config([f"pair={pair}"]).per_pair
+        assert ((p.ls_kd_T, p.ls_kd_weight), (p.ls_dkd_T, p.ls_dkd_alpha, p.ls_dkd_beta), p.ls_mlkd_weight,
+                p.reviewkd_beta) == (kd, dkd, mlkd, reviewkd), pair
+    # The methods read them (one pair whose values differ from every default).
+    m = compose_config(["experiment=best_cifar100", "method=kd_ls", "pair=resnet110-resnet20"]).method
+    assert (m.name, m.logit_stand, m.T, m.alpha, m.ce_weight) == ("kd", True, 4, 12, 0.1)
+    m = compose_config(["experiment=best_cifar100", "method=dkd_ls", "pair=resnet56-resnet20"]).method
+    assert (m.name, m.logit_stand, m.T, m.dkd_alpha, m.dkd_beta, m.ce_weight, m.warmup) == ("dkd", True, 3, 18, 36, 1.0, 20)
+    m = compose_config(["experiment=best_cifar100", "method=mlkd_ls", "pair=vgg13-vgg8"]).method
+    assert (m.name, m.logit_stand, m.kd_weight, list(m.temperatures)) == ("mlkd", True, 6, [2, 3, 5, 2, 6])
+    assert compose_config(["method=reviewkd", "pair=resnet56-resnet20"]).method.beta == 0.6
+    assert compose_config(["method=kd_ls", "pair=vgg13-vgg8", "method.T=7"]).method.T == 7  # the command line wins
 
 
 def test_crd_preset_keeps_each_methods_published_weights():
@@ -320,7 +323,7 @@ def test_a_script_per_table():
     assert sorted(p.stem.removeprefix("reproduce_") for p in SCRIPTS) == TABLES
 
 
-SLOW_SMOKE = ("crd_cifar100", "at_cifar10", "fitnet_cifar10", "takd_cifar", "best_cifar100")  # 10-30 s each on 2 cores
+SLOW_SMOKE = ("crd_cifar100", "at_cifar10", "fitnet_cifar10", "takd_cifar", "best_cifar100", "ofd_cifar100")  # 10-30 s each on 2 cores
 
 
 @pytest.mark.parametrize("script", [pytest.param(p, marks=pytest.mark.slow) if p.stem.removeprefix("reproduce_")

@@ -4,7 +4,7 @@ an interrupted route resumes as if it had not stopped."""
 import pytest
 import torch
 
-from conftest import QUICK, compose_config, compose_refusal, kdrun_cli
+from conftest import QUICK, compose_config, compose_refusal
 from kdrun.errors import UserError
 from kdrun.run import run
 from kdrun.training import teacher as teacher_module
@@ -146,9 +146,3 @@ def test_an_interrupted_route_resumes_as_if_it_had_not_stopped(tmp_path, monkeyp
     a = torch.load(tmp_path / "run" / "student.pt")
     b = torch.load(tmp_path / "reference" / "student.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_the_cli_runs_rco(tmp_path):
-    result = kdrun_cli(BASE + ["schedule=rco", "schedule.interval=2", "schedule.anchor.epochs=1",
-                               f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
