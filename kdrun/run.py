@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from kdrun.data import build_dataset
+from kdrun.errors import require
 from kdrun.methods import method_class
 from kdrun.models import MODELS, model_label
 from kdrun.results.identity import Held, claim
@@ -54,6 +55,9 @@ def run(cfg: DictConfig, run_dir: Path, claimed: Optional[tuple[str, Optional[He
         check_teacher_epoch(cfg, TeacherRecipe.from_config(cfg.teacher.train, "teacher.train"))
     elif needs_teacher:
         check_teacher_epoch(cfg, None)  # refuses teacher.epoch beside teacher.checkpoint
+    require(needs_teacher or not cfg.schedule.get("ensemble_teacher"),
+            f"schedule.ensemble_teacher=true puts the run's teacher in the ensemble, but no stage of "
+            f"schedule={cfg.schedule.name} with method={cfg.method.name} uses a teacher.")
     device = resolve_device(cfg.device)
     configure_threads()
     show_progress = progress_enabled(cfg.progress)
@@ -100,15 +104,30 @@ def run(cfg: DictConfig, run_dir: Path, claimed: Optional[tuple[str, Optional[He
     }
     if last.result is not None and last.result.val_acc is not None:
         final["val_acc"] = last.result.val_acc
-    members = [o for o in outcomes if o.stage.ensemble]
-    if members:
-        final["ensemble_test_acc"] = ensemble_accuracy([o.model for o in members], data)
-        final["ensemble"] = [o.stage.name for o in members]
-        log.info("Ensemble of %s (mean of softmax outputs): test acc %.2f%%.",
-                 ", ".join(final["ensemble"]), final["ensemble_test_acc"])
+    final.update(ensembles(cfg, outcomes, teacher, data))
     record.finish("completed", **final)
     print_run_summary(record.metrics, run_dir)
     return record.metrics
+
+
+def ensembles(cfg: DictConfig, outcomes: list, teacher, data) -> dict:
+    """The ensemble of the stages marked `ensemble` (and the run's teacher after them, with
+    `schedule.ensemble_teacher`): `ensemble_test_acc` of all members, and `ensemble{k}_test_acc` of the
+    first k members for every k from 2 (born-again networks' Ens*2, Ens*3 of one run)."""
+    members = [(o.stage.name, o.model) for o in outcomes if o.stage.ensemble]
+    if cfg.schedule.get("ensemble_teacher"):
+        members.append(("teacher", teacher))
+    if not members:
+        return {}
+    out = {"ensemble_test_acc": ensemble_accuracy([m for _, m in members], data),
+           "ensemble": [name for name, _ in members]}
+    for k in range(2, len(members)):
+        out[f"ensemble{k}_test_acc"] = ensemble_accuracy([m for _, m in members[:k]], data)
+    if len(members) >= 2:
+        out[f"ensemble{len(members)}_test_acc"] = out["ensemble_test_acc"]
+    log.info("Ensemble of %s (mean of softmax outputs): test acc %.2f%%.", ", ".join(out["ensemble"]),
+             out["ensemble_test_acc"])
+    return out
 
 
 def report_completed(run_dir: Path, metrics: dict) -> None:

@@ -145,7 +145,7 @@ def test_a_weighted_method_with_ls_and_eskd_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("overrides", [[], ["method=dkd"], ["schedule=fitnet"]])
 def test_identities_of_runs_made_before_the_options_are_kept(overrides):
-    """The new keys at their defaults are left out of the identity (kdrun.results.identity.METHOD_KEYS_ADDED):
+    """The new keys at their defaults are left out of the identity (kdrun.results.identity.KEYS_ADDED):
     these are the identities kdrun computed before the keys existed."""
     before = {(): "2ce19144d1583356", ("method=dkd",): "6122cb63f330ee80", ("schedule=fitnet",): "5ad1827f9bb8a937"}
     assert config_identity(compose_config(overrides)) == before[tuple(overrides)]

@@ -31,9 +31,9 @@ KEPT_KEYS = ("keep_epochs", "keep_every")  # teacher.train's: which epochs the c
 
 NOT_IN_IDENTITY = ("progress", "cache_dir", "device", "per_pair")  # keys that do not change what a run computes
 # (per_pair acts only through the method keys that read it, which are in the identity resolved)
-# Method keys added after runs were made (logit standardisation, ESKD): left out of the identity at their
-# default, wherever a method node holds them (method, schedule.kd_loss), so the runs made before keep theirs.
-METHOD_KEYS_ADDED = {"logit_stand": False, "stop_epoch": None}
+# Keys added after runs were made (logit standardisation, ESKD; ban's ensemble_teacher): left out of the identity at
+# their default, wherever a node holds them (method, schedule.kd_loss, schedule), so the runs made before keep theirs.
+KEYS_ADDED = {"logit_stand": False, "stop_epoch": None, "ensemble_teacher": False}
 CONFIG_DIR = ".hydra"  # config.yaml, hydra.yaml, overrides.yaml: written by kdrun (hydra.output_subdir is null)
 METRICS_FILE = "metrics.json"
 CHECKPOINTS = "checkpoints"
@@ -44,7 +44,7 @@ def identity_part(config: dict) -> dict:
     def strip(node: dict) -> dict:
         out = {}
         for k, v in node.items():
-            if k in METHOD_KEYS_ADDED and v is METHOD_KEYS_ADDED[k]:
+            if k in KEYS_ADDED and v is KEYS_ADDED[k]:
                 continue
             if isinstance(v, dict):
                 v = strip(v)

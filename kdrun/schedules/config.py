@@ -51,6 +51,7 @@ class TAKDSchedule(ScheduleConfig):
 class BANSchedule(ScheduleConfig):
     generations: int = 3
     gen: RecipeDelta = field(default_factory=RecipeDelta)
+    ensemble_teacher: bool = False  # the run's teacher is the ensemble's last member (BAN's DenseNet-80-120 Ens*3)
 
 
 @dataclass
