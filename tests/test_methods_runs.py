@@ -24,10 +24,11 @@ def shared_cache(tmp_path_factory):
 def test_feature_method_runs_on_zoo_pairs(name, teacher, student, shared_cache, tmp_path):
     cfg = compose_config(TINY + [f"method={name}", f"teacher={teacher}", f"student={student}",
                                  f"cache_dir={shared_cache}"])
-    if name == "fsp" and student == "vgg8":
-        with pytest.raises(UserError, match="equal widths"):
-            run(cfg, tmp_path / "run")
-        return
+    if name == "fsp" and student == "vgg8":  # unequal widths: refused as they are, run with the projections
+        with pytest.raises(UserError, match="equal widths.*method.projection=auto"):
+            run(cfg, tmp_path / "refused")
+        cfg = compose_config(TINY + [f"method={name}", "method.projection=auto", f"teacher={teacher}",
+                                     f"student={student}", f"cache_dir={shared_cache}"])
     metrics = run(cfg, tmp_path / "run")
     assert metrics["status"] == "completed"
     assert read_json(tmp_path / "run" / "metrics.json")["status"] == "completed"

@@ -157,6 +157,7 @@ def test_help_lists_the_groups_a_user_chooses_from(tmp_path, monkeypatch, capsys
 @pytest.mark.parametrize("overrides,identity,teacher_key", [
     ([], "2ce19144d1583356", "164a9d50ff16270c"),
     (["schedule=ban"], "e6341ebd4c7c4608", "164a9d50ff16270c"),  # before schedule.ensemble_teacher
+    (["method=fsp"], "dc049b52a1db41c8", "164a9d50ff16270c"),  # before method.projection
     (["method=at"], "f6eea6574ae60219", "164a9d50ff16270c"),
     (["dataset=synthetic"], "d6905dc70deab969", "371f19056cea5a87"),
 ])

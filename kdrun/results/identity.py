@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,9 +32,17 @@ KEPT_KEYS = ("keep_epochs", "keep_every")  # teacher.train's: which epochs the c
 
 NOT_IN_IDENTITY = ("progress", "cache_dir", "device", "per_pair")  # keys that do not change what a run computes
 # (per_pair acts only through the method keys that read it, which are in the identity resolved)
-# Keys added after runs were made (logit standardisation, ESKD; ban's ensemble_teacher): left out of the identity at
+# Keys added after runs were made (logit standardisation, ESKD; ban's ensemble_teacher; fsp's projection): left out of the identity at
 # their default, wherever a node holds them (method, schedule.kd_loss, schedule), so the runs made before keep theirs.
-KEYS_ADDED = {"logit_stand": False, "stop_epoch": None, "ensemble_teacher": False}
+KEYS_ADDED = {"logit_stand": False, "stop_epoch": None, "ensemble_teacher": False, "projection": "none"}
+
+
+def at_default_added_later(key: str, value: Any) -> bool:
+    if key not in KEYS_ADDED:
+        return False
+    default = KEYS_ADDED[key]
+    return value is default or (isinstance(value, Enum) and value.value == default) or \
+        (isinstance(default, str) and value == default)
 CONFIG_DIR = ".hydra"  # config.yaml, hydra.yaml, overrides.yaml: written by kdrun (hydra.output_subdir is null)
 METRICS_FILE = "metrics.json"
 CHECKPOINTS = "checkpoints"
@@ -44,7 +53,7 @@ def identity_part(config: dict) -> dict:
     def strip(node: dict) -> dict:
         out = {}
         for k, v in node.items():
-            if k in KEYS_ADDED and v is KEYS_ADDED[k]:
+            if at_default_added_later(k, v):
                 continue
             if isinstance(v, dict):
                 v = strip(v)
@@ -57,6 +66,8 @@ def identity_part(config: dict) -> dict:
     teacher = config.get("teacher")
     if isinstance(teacher, dict) and teacher.get("epoch", 0) is None:  # the key's default, added later: left out
         config = {**config, "teacher": {k: v for k, v in teacher.items() if k != "epoch"}}
+    if isinstance(config.get("eval"), dict) and all(v is None for v in config["eval"].values()):
+        config = {k: v for k, v in config.items() if k != "eval"}  # added later: left out at its defaults (null)
     return strip({k: v for k, v in config.items() if k not in NOT_IN_IDENTITY})
 
 
