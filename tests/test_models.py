@@ -100,7 +100,13 @@ def check_features(model, feats, batch):
     return shapes
 
 
-@pytest.mark.parametrize("name", MODELS.names())
+# BAN's DenseNets (6.9M to 47M parameters, hundreds of layers) take a minute even on meta tensors: `pytest -m
+# slow`; the general `densenet` (DenseNet-BC-100-12) is the family's in the default run.
+SLOW_MODELS = {"densenet112_33", "densenet90_60", "densenet80_80", "densenet80_120"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_MODELS else n
+                                  for n in MODELS.names()])
 def test_every_model_builds_runs_and_reports_features_on_every_dataset_shape(name):
     runs = [(shape, "meta" if name in HEAVY else "cpu") for shape in SHAPES]
     for shape, device in runs + ([("digits", "cpu")] if name in HEAVY else []):

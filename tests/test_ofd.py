@@ -230,7 +230,7 @@ WITHOUT_BN = {"mlp", "mlp_800", "mlp_1200", "maxout_cifar", "fitnet1", "fitnet2"
 
 def exactly(name):
     """Pre-activations that are the BN's output itself (else bn(out) + shortcut, the reference's choice)."""
-    if name.startswith(("wrn", "vgg", "plain")):
+    if name.startswith(("wrn", "vgg", "plain", "nin", "densenet")):
         return "all"
     return {"mobilenetv2": "last"}.get(name, "none")
 

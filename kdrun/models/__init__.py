@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from kdrun.data.base import DataInfo
 from kdrun.errors import UserError
 from kdrun.models import (  # noqa: F401  (importing a family registers its names)
-    args, maxout, mlp, mobilenetv2, plain, resnet, resnet_imagenet, shufflenet, vgg, wrn)
+    args, densenet, maxout, mlp, mobilenetv2, nin, plain, resnet, resnet_imagenet, shufflenet, vgg, wrn)
 from kdrun.models.registry import MODELS
 from kdrun.registry import call_with_supported, locate
 
