@@ -8,7 +8,8 @@ from omegaconf import DictConfig
 
 from kdrun.data.base import DataInfo
 from kdrun.methods import (  # noqa: F401  (register)
-    ab, at, cc, ce, crd, darkrank, dkd, fitnet, fsp, ft, fullact, grad_at, jacobian, kd, mlkd, nst, ofd, pkt, reviewkd, rkd, sp, vid
+    ab, at, cc, ce, crd, darkrank, dkd, fitnet, fsp, ft, fullact, grad_at, jacobian, kd, mlkd, nst, ofd, pkt,
+    reviewkd, rkd, sp, vid,
 )
 from kdrun.methods.base import Distiller
 from kdrun.methods.registry import METHODS

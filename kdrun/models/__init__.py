@@ -3,7 +3,8 @@
 A constructor takes the dataset's shape (`num_classes`, `in_channels`, `image_size` as (H, W)) plus
 its own keyword arguments; those with defaults become the config keys of the model (e.g.
 `teacher.dropout`). A config node with `_target_` builds a user's own model class instead, with the
-same shape arguments. One file per family: mlp, wrn, resnet, resnet_imagenet, vgg, mobilenetv2, shufflenet, plain, maxout.
+same shape arguments. One file per family: mlp, wrn, resnet, resnet_imagenet, vgg, mobilenetv2, shufflenet, plain,
+maxout, nin, densenet.
 Architectures, initialisation and state_dict keys follow RepDistiller (TAKD for the plain CNNs), so
 their checkpoints load; fixed-size pools became adaptive so MNIST's 28x28 works too.
 
