@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from kdrun.data import build_dataset
+from kdrun.data.transfer import transfer_set
 from kdrun.errors import require
 from kdrun.methods import method_class
 from kdrun.models import MODELS, model_label
@@ -19,6 +20,7 @@ from kdrun.results.summary import print_run_summary
 from kdrun.schedules import build_stages
 from kdrun.schedules.spec import require_complete
 from kdrun.schedules.runner import ScheduleRunner, ensemble_accuracy
+from kdrun.training.bias_shift import bias_shift_metrics, check_bias_shift
 from kdrun.training.checkpoint import save_torch
 from kdrun.training.device import configure_threads, resolve_device
 from kdrun.training.ensemble import build_teacher, obtain_teachers, teacher_label
@@ -64,11 +66,14 @@ def run(cfg: DictConfig, run_dir: Path, claimed: Optional[tuple[str, Optional[He
 
     started = time.perf_counter()
     torch.manual_seed(int(cfg.seed))
-    data = build_dataset(cfg.dataset, device)
+    data = build_dataset(cfg.dataset, device)  # the teacher's: the whole training split
+    check_bias_shift(cfg, data.num_classes)
+    student_data = transfer_set(data, cfg.dataset)  # the stages': dataset.transfer_exclude / transfer_only
     info = data.info
     teacher = build_teacher(cfg, info).to(device) if needs_teacher else None
-    runner = ScheduleRunner(cfg, data, run_dir, teacher=teacher, progress=show_progress,
-                            on_epoch=record.add_epoch, on_stage=lambda stages_done: record.update(stages=stages_done), identity=identity)
+    runner = ScheduleRunner(cfg, student_data, run_dir, teacher=teacher, progress=show_progress,
+                            on_epoch=record.add_epoch, on_stage=lambda stages_done: record.update(stages=stages_done),
+                            identity=identity, teacher_data=data)
     runner.check(stages)
 
     record.start({
@@ -104,6 +109,7 @@ def run(cfg: DictConfig, run_dir: Path, claimed: Optional[tuple[str, Optional[He
     }
     if last.result is not None and last.result.val_acc is not None:
         final["val_acc"] = last.result.val_acc
+    final.update(bias_shift_metrics(cfg, last, data))  # eval.bias_shift
     final.update(ensembles(cfg, outcomes, teacher, data))
     record.finish("completed", **final)
     print_run_summary(record.metrics, run_dir)

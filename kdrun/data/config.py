@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
@@ -25,6 +25,12 @@ class DatasetConfig:
     # On the device, on whole training batches (kdrun.data.augment: crop_padding, padding_mode, flip,
     # translate); null switches all off. Open: a dataset lists the augmentations it uses.
     augment: Any = None
+    # The transfer set (Hinton et al. 2015, section 3): the students' training data without these classes,
+    # or with these classes only (class ids). The teacher trains on the whole training split; the
+    # validation and test splits are left as they are (kdrun.data.transfer). null: all classes.
+    transfer_exclude: Optional[List[int]] = None
+    transfer_only: Optional[List[int]] = None
+    transfer_size: Optional[int] = None  # the students train on the first N training examples (AB's 10 %)
 
 
 @dataclass
@@ -40,13 +46,17 @@ class SyntheticConfig(DatasetConfig):
 
 
 NO_AUGMENT_KEY = ("digits", "synthetic")  # their configs had no `augment` before the schema gave every dataset one
+TRANSFER_KEYS = ("transfer_exclude", "transfer_only", "transfer_size")  # the students' data only: not in a teacher's cache key
 
 
 def identity_of(dataset: dict) -> dict:
     """A dataset node as the identities see it (a run's config_id, a teacher's cache key): a null `augment`
-    is left out where the dataset's config had no such key, so runs and teachers from before keep theirs."""
+    is left out where the dataset's config had no such key, and the transfer-set keys at their default
+    (null), so runs and teachers from before keep theirs."""
     if dataset.get("name") in NO_AUGMENT_KEY and dataset.get("augment") is None:
-        return {k: v for k, v in dataset.items() if k != "augment"}
+        dataset = {k: v for k, v in dataset.items() if k != "augment"}
+    if any(k in dataset and dataset[k] is None for k in TRANSFER_KEYS):
+        dataset = {k: v for k, v in dataset.items() if not (k in TRANSFER_KEYS and v is None)}
     return dataset
 
 

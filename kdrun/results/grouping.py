@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from kdrun.results.runs import Run, outside_configuration
 
-METRICS = ("test_acc", "val_acc", "teacher_test_acc")
+METRICS = ("test_acc", "val_acc", "teacher_test_acc", "ensemble_test_acc", "test_acc_bias_shifted", "test_acc_bias_best")
 
 
 class _Missing:

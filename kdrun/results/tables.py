@@ -15,7 +15,9 @@ from kdrun.results.pivot import Grid
 from kdrun.results.runs import Run
 
 CONFIG_COLUMN = "configuration"  # shown instead of keys when all runs share one configuration
-METRIC_LABELS = {"test_acc": "test acc (%)", "val_acc": "val acc (%)", "teacher_test_acc": "teacher acc (%)"}
+METRIC_LABELS = {"test_acc": "test acc (%)", "val_acc": "val acc (%)", "teacher_test_acc": "teacher acc (%)",
+                 "ensemble_test_acc": "ensemble acc (%)", "test_acc_bias_shifted": "test acc, bias shifted (%)",
+                 "test_acc_bias_best": "test acc, best bias shift (%)"}
 
 
 def relative(path: Path, base: Path) -> str:

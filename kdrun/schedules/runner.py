@@ -113,8 +113,9 @@ def same_method(d: Optional[Distiller], model: nn.Module, teacher: Optional[nn.M
 class ScheduleRunner:
     def __init__(self, cfg: DictConfig, data: Dataset, run_dir: Path, *, teacher: Optional[nn.Module],
                  progress: bool, on_epoch: Callable[[dict], None], on_stage: Callable[[list[dict]], None],
-                 identity: Optional[str] = None):
+                 identity: Optional[str] = None, teacher_data: Optional[Dataset] = None):
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
+        self.teacher_data = teacher_data or data  # the teacher's training data (the students': a transfer set)
         self.identity = identity  # the run's config_id, stamped on its checkpoints
         self.seed = int(cfg.seed)
         self.teacher = teacher  # the run's teacher; trained (or loaded) before `run`
@@ -147,10 +148,10 @@ class ScheduleRunner:
                                f"teacher={teacher_label(self.cfg)}", device, zoo=not self.cfg.teacher.get("_target_"))
             if not self.cfg.teacher.get("checkpoint"):  # trained here (or reused: the same config either way)
                 recipe = TeacherRecipe.from_config(self.cfg.teacher.train, "teacher.train")
-                if has_lone_batch(len(self.data.train), recipe.batch_size):
+                if has_lone_batch(len(self.teacher_data.train), recipe.batch_size):
                     trainer = method_class("ce")(build_teacher(self.cfg, info).to(device), None,
                                                  OmegaConf.create({"name": "ce"}), info)
-                    require_no_lone_batch(trainer, self.data, recipe.batch_size, "teacher.train",
+                    require_no_lone_batch(trainer, self.teacher_data, recipe.batch_size, "teacher.train",
                                           f"The teacher {teacher_label(self.cfg)}", model_role="teacher")
         instances: dict[str, nn.Module] = {}
         previous, distiller = None, None

@@ -27,6 +27,16 @@ class PerPair:
 
 
 @dataclass
+class Eval:
+    """What is measured on the student at the end of a run, besides its test accuracy (kdrun.training.bias_shift)."""
+    # Hinton et al. 2015's bias correction, {class id: shift} (Dict[int, float], checked by kdrun): the shift
+    # added to those classes' logits at test time, e.g. eval.bias_shift='{3: 3.5}'; metrics.json gets the
+    # accuracy and errors with and without it, and the best shift of those classes on the validation split
+    # (dataset.val_size). null: off. (Typed Any: OmegaConf cannot merge an override into a null typed dict.)
+    bias_shift: Any = None
+
+
+@dataclass
 class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N (auto takes a GPU when there is one)
@@ -39,3 +49,4 @@ class Config:
     method: Any = MISSING
     schedule: Any = MISSING
     per_pair: PerPair = field(default_factory=PerPair)
+    eval: Eval = field(default_factory=Eval)  # left out of a run's identity at its defaults

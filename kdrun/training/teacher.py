@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdrun.console import plural
 from kdrun.data.base import Dataset
-from kdrun.data.config import identity_of
+from kdrun.data.config import TRANSFER_KEYS, identity_of
 from kdrun.data.whiten import is_off
 from kdrun.errors import UserError
 from kdrun.methods import method_class
@@ -38,9 +38,11 @@ def model_identity(model_cfg: DictConfig) -> dict:
             if k not in ("checkpoint", "train", "seed", "epoch")}
 
 
-def dataset_identity(dataset_cfg: DictConfig) -> dict:
+def dataset_identity(dataset_cfg: DictConfig, teacher: bool = False) -> dict:
+    """`teacher`: the teacher's data, the whole training split: the transfer-set keys (the students' data,
+    kdrun.data.transfer) are left out, so a teacher is cached once for every transfer set."""
     dataset = {k: v for k, v in identity_of(OmegaConf.to_container(dataset_cfg, resolve=True)).items()
-               if k != "download"}
+               if k != "download" and not (teacher and k in TRANSFER_KEYS)}
     whiten = dataset.pop("whiten", None)
     if whiten is not None and not is_off(whiten):  # off: left out, so teachers cached before the key existed keep theirs
         dataset["whiten"] = {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
@@ -58,7 +60,7 @@ def digest(obj) -> str:
 
 
 def cache_key(model_cfg: DictConfig, dataset_cfg: DictConfig, recipe: Recipe, seed: int) -> str:
-    return digest({"model": model_identity(model_cfg), "dataset": dataset_identity(dataset_cfg),
+    return digest({"model": model_identity(model_cfg), "dataset": dataset_identity(dataset_cfg, teacher=True),
                    "recipe": recipe.as_dict(), "seed": seed, "format": CACHE_FORMAT})
 
 
