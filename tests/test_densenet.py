@@ -14,14 +14,7 @@ from kdrun.models import MODELS, build_model, densenet
 from kdrun.models.args import InputTooSmall, ModelArgError
 from kdrun.models.densenet import DenseNet
 from kdrun.models.features import FeatureHooks, default_feature_shapes, feature_points
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from inprocess import one_cpu_thread  # noqa: F401  (autouse: tiny models on one thread)
 
 
 def build(name="densenet", num_classes=10, channels=3, size=(32, 32), device="cpu", **keys):

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-import torch.nn as nn
 from omegaconf import OmegaConf
 
 from conftest import compose_config
@@ -14,38 +13,13 @@ from kdrun.errors import UserError
 from kdrun.methods import build_method
 from kdrun.methods.base import Batch
 from kdrun.run import run
+from inprocess import one_cpu_thread  # noqa: F401  (autouse: tiny models on one thread)
+from tiny_conv import TinyConv
 
 INFO = DataInfo(channels=1, image_size=(8, 8), num_classes=3, train_size=16)
 TINY = ["dataset=synthetic", "dataset.train_size=16", "dataset.test_size=8", "dataset.image_size=16",
         "dataset.num_classes=4", "train.epochs=1", "train.batch_size=16", "teacher.train.epochs=1",
         "teacher.train.batch_size=16", "progress=false"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class TinyConv(nn.Module):
-    """A stem and two stages (8x8, then 4x4): FSP reads layer1's input, layer1 and layer2 (3 maps)."""
-
-    def __init__(self, widths=(4, 6), num_classes=3):
-        super().__init__()
-        self.stem = nn.Conv2d(1, widths[0], 3, padding=1)
-        self.layer1 = nn.Sequential(nn.Conv2d(widths[0], widths[0], 3, padding=1), nn.BatchNorm2d(widths[0]), nn.ReLU())
-        self.layer2 = nn.Sequential(nn.Conv2d(widths[0], widths[1], 3, stride=2, padding=1),
-                                    nn.BatchNorm2d(widths[1]), nn.ReLU())
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(widths[1], num_classes)
-
-    def forward(self, x):
-        return self.fc(self.pool(self.layer2(self.layer1(self.stem(x)))).flatten(1))
-
-    def feature_points(self):
-        return {"stages": ["layer1", "layer2"]}
 
 
 def config(**over):

@@ -19,29 +19,11 @@ from kdrun.methods.kd import kd_loss
 from kdrun.methods.nst import nst_loss
 from kdrun.models.features import parameters_up_to
 from kdrun.models.mlp import MLP
+from tiny_conv import TinyConv
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 INFO = DataInfo(channels=1, image_size=(8, 8), num_classes=3, train_size=16)
-
-
-class TinyConv(nn.Module):
-    """Two stages (8x8, then 4x4) and a classifier: enough for every feature method."""
-
-    def __init__(self, widths=(4, 6), num_classes=3):
-        super().__init__()
-        self.stem = nn.Conv2d(1, widths[0], 3, padding=1)
-        self.layer1 = nn.Sequential(nn.Conv2d(widths[0], widths[0], 3, padding=1), nn.BatchNorm2d(widths[0]), nn.ReLU())
-        self.layer2 = nn.Sequential(nn.Conv2d(widths[0], widths[1], 3, stride=2, padding=1),
-                                    nn.BatchNorm2d(widths[1]), nn.ReLU())
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(widths[1], num_classes)
-
-    def forward(self, x):
-        return self.fc(self.pool(self.layer2(self.layer1(self.stem(x)))).flatten(1))
-
-    def feature_points(self):
-        return {"stages": ["layer1", "layer2"], "preact": ["layer1.2:in", "layer2.2:in"], "embedding": ["fc:in"]}
 
 
 DEFAULTS = {

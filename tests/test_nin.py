@@ -8,14 +8,7 @@ import torch.nn as nn
 from kdrun.models import MODELS, model_defaults
 from kdrun.models.args import InputTooSmall
 from kdrun.models.features import FeatureHooks, default_feature_shapes
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from inprocess import one_cpu_thread  # noqa: F401  (autouse: tiny models on one thread)
 
 
 def build(name, num_classes=10, channels=3, size=(32, 32), **kwargs):

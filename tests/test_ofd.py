@@ -22,20 +22,13 @@ from kdrun.models.args import InputTooSmall
 from kdrun.models.features import FeatureHooks, feature_points, resolve
 from kdrun.models.shufflenet import ShuffleNetV1
 from kdrun.run import run
+from inprocess import one_cpu_thread  # noqa: F401  (autouse: tiny models on one thread)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TINY = ["dataset=synthetic", "dataset.train_size=16", "dataset.test_size=8", "dataset.image_size=16",
         "dataset.num_classes=4", "train.epochs=1", "train.batch_size=16", "teacher.train.epochs=1",
         "teacher.train.batch_size=16", "progress=false"]
 INFO = DataInfo(channels=3, image_size=(16, 16), num_classes=10, train_size=16)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def cfg(**over):

@@ -16,14 +16,8 @@ from kdrun.methods import build_method
 from kdrun.methods.reviewkd import ABF, Review, hcl_level, hcl_loss
 from kdrun.models import MODELS
 from kdrun.run import run
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from inprocess import one_cpu_thread  # noqa: F401  (autouse: tiny models on one thread)
+from tiny_conv import TinyConv
 
 
 def method_cfg(**over):
@@ -33,25 +27,6 @@ def method_cfg(**over):
 
 
 INFO = DataInfo(channels=1, image_size=(8, 8), num_classes=3, train_size=16)
-
-
-class TinyConv(nn.Module):
-    """Two stages (8x8, then 4x4; post-ReLU outputs and pre-activations) and a classifier."""
-
-    def __init__(self, widths=(4, 6), num_classes=3):
-        super().__init__()
-        self.stem = nn.Conv2d(1, widths[0], 3, padding=1)
-        self.layer1 = nn.Sequential(nn.Conv2d(widths[0], widths[0], 3, padding=1), nn.BatchNorm2d(widths[0]), nn.ReLU())
-        self.layer2 = nn.Sequential(nn.Conv2d(widths[0], widths[1], 3, stride=2, padding=1),
-                                    nn.BatchNorm2d(widths[1]), nn.ReLU())
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(widths[1], num_classes)
-
-    def forward(self, x):
-        return self.fc(self.pool(self.layer2(self.layer1(self.stem(x)))).flatten(1))
-
-    def feature_points(self):
-        return {"stages": ["layer1", "layer2"], "preact": ["layer1.2:in", "layer2.2:in"], "embedding": ["fc:in"]}
 
 
 def pair(seed=0, student_widths=(3, 5), teacher_widths=(4, 7)):

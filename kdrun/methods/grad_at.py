@@ -43,16 +43,12 @@ class GradATConfig(WithKD):
     beta: float = 1.0  # the paper's beta (the term is beta / 2 times the distance); kdrun's default
 
 
-@METHODS.register("grad_at")
-class GradientAttentionTransfer(WeightedDistiller):
-    Config = GradATConfig
+class InputGradientDistiller(WeightedDistiller):
+    """A method whose term (`term`) is `distance(J_S, J_T)` between the student's and the teacher's input
+    gradients, each `gradient(logits, y, x, create_graph)`: the student's with its graph (a double backward),
+    the teacher's without."""
     input_gradients = True
-
-    def weights(self, epoch, phase="main"):
-        weights = super().weights(epoch, phase)
-        if phase == "main":
-            weights["grad_at"] = self.beta / 2
-        return weights
+    term: str
 
     def teacher_forward(self, x):
         """The teacher's logits, and (kept for `terms`) a graph from a copy of the input to them, through
@@ -65,10 +61,24 @@ class GradientAttentionTransfer(WeightedDistiller):
 
     def terms(self, needed, batch):
         out = super().terms(needed, batch)
-        if "grad_at" in needed:
+        if self.term in needed:
             x_t, t_logits = self._teacher_graph
-            j_t = input_gradient(t_logits, batch.y, x_t, create_graph=False)
-            j_s = input_gradient(batch.s_logits, batch.y, batch.x, create_graph=True)
-            out["grad_at"] = grad_at_loss(j_s, j_t)
+            j_t = self.gradient(t_logits, batch.y, x_t, create_graph=False)
+            j_s = self.gradient(batch.s_logits, batch.y, batch.x, create_graph=True)
+            out[self.term] = self.distance(j_s, j_t)
         self._teacher_graph = None
         return out
+
+
+@METHODS.register("grad_at")
+class GradientAttentionTransfer(InputGradientDistiller):
+    Config = GradATConfig
+    term = "grad_at"
+    gradient = staticmethod(input_gradient)
+    distance = staticmethod(grad_at_loss)
+
+    def weights(self, epoch, phase="main"):
+        weights = super().weights(epoch, phase)
+        if phase == "main":
+            weights["grad_at"] = self.beta / 2
+        return weights

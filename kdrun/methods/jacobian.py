@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from kdrun.methods.config import WithKD
-from kdrun.methods.grad_at import GradientAttentionTransfer, at_least_fp32
+from kdrun.methods.grad_at import InputGradientDistiller, at_least_fp32
 from kdrun.methods.registry import METHODS
-from kdrun.methods.weighted import WeightedDistiller
 
 
 def class_logit_gradient(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor, create_graph: bool) -> torch.Tensor:
@@ -49,19 +48,9 @@ class JacobianConfig(WithKD):
 
 
 @METHODS.register("jacobian")
-class JacobianMatching(WeightedDistiller):
+class JacobianMatching(InputGradientDistiller):
     Config = JacobianConfig
-    input_gradients = True
     own_terms = ("jacobian",)
-    # The teacher's logits, and a graph from a copy of the input to them (kept for `terms`): grad_at's.
-    teacher_forward = GradientAttentionTransfer.teacher_forward
-
-    def terms(self, needed, batch):
-        out = super().terms(needed, batch)
-        if "jacobian" in needed:
-            x_t, t_logits = self._teacher_graph
-            j_t = class_logit_gradient(t_logits, batch.y, x_t, create_graph=False)
-            j_s = class_logit_gradient(batch.s_logits, batch.y, batch.x, create_graph=True)
-            out["jacobian"] = jacobian_loss(j_s, j_t)
-        self._teacher_graph = None
-        return out
+    term = "jacobian"
+    gradient = staticmethod(class_logit_gradient)
+    distance = staticmethod(jacobian_loss)
