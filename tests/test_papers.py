@@ -344,6 +344,7 @@ def test_a_script_per_table():
 
 SLOW_SMOKE = ("crd_cifar100", "at_cifar10", "fitnet_cifar10", "takd_cifar", "best_cifar100", "ofd_cifar100",
               "ban_densenet_cifar100", "ab_cifar10",  # 10-30 s each on 2 cores
+              "ban_cifar100", "hinton_mnist",  # ~8 s each: fsp_cifar10's runs a script end to end in the default run
               "hinton_mnist_no3", "hinton_mnist_78")  # ~8 s each
 
 
