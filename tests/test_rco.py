@@ -146,3 +146,18 @@ def test_an_interrupted_route_resumes_as_if_it_had_not_stopped(tmp_path, monkeyp
     a = torch.load(tmp_path / "run" / "student.pt")
     b = torch.load(tmp_path / "reference" / "student.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_entry_cached_before_teachers_were_seeded_is_trained_again_whole_for_an_epoch(tmp_path, teacher_trainings):
+    """A cache entry of an earlier kdrun (no `seeded_init`): its route cannot be retraced up to an epoch, so
+    the teacher is trained again, all its epochs, and the entry replaced."""
+    cfg = compose_config(BASE)
+    run(cfg, tmp_path / "a")
+    path = entry_of(cfg)
+    entry = torch.load(path, weights_only=False)
+    assert entry["seeded_init"] is True
+    del entry["seeded_init"]
+    torch.save(entry, path)
+    run(compose_config(BASE + ["teacher.epoch=2"]), tmp_path / "b")
+    assert teacher_trainings == [None, None]  # whole, not up to epoch 2
+    assert torch.load(path, weights_only=False)["seeded_init"] is True and snapshot_path(path, 2).exists()

@@ -248,12 +248,21 @@ def train_and_keep(cfg: DictConfig, data: Dataset, recipe: TeacherRecipe, seed: 
     label = model_label(cfg.teacher)
     partial = path.with_suffix(".partial.pt")
     stop = max(missing) if path.exists() else None
+    if stop and not load_torch(path, "cached teacher").get("seeded_init"):
+        # Cached by a kdrun whose teachers' initial weights followed the random state of the run that trained
+        # them, not their seed alone: the same recipe and seed would not retrace its route.
+        log.info("Teacher %s: the cache has no weights of epoch%s %s, and its entry %s was made by an earlier "
+                 "kdrun whose training cannot be retraced: training the teacher again, all %s, and replacing "
+                 "the entry.", label, "s" if len(missing) > 1 else "", ", ".join(map(str, missing)), path,
+                 plural(recipe.epochs, "epoch"))
+        stop, missing = None, kept
+        partial.unlink(missing_ok=True)
     if partial.exists() and missing and int(load_torch(partial, "teacher checkpoint").get("epoch", 0)) >= min(missing):
         partial.unlink()  # it is past an epoch to keep: train again from the start
     if stop:
         log.info("Teacher %s: the cache has no weights of epoch%s %s: training it again up to epoch %d to "
                  "keep them.", label, "s" if len(missing) > 1 else "", ", ".join(map(str, missing)), stop)
-    else:
+    elif not path.exists():
         log.info("Teacher %s not in the cache: training it (%s), then caching it at %s%s.", label,
                  plural(recipe.epochs, "epoch"), path,
                  f", with the weights of epoch{'s' if len(kept) > 1 else ''} {', '.join(map(str, kept))}" if kept else "")
@@ -267,10 +276,11 @@ def train_and_keep(cfg: DictConfig, data: Dataset, recipe: TeacherRecipe, seed: 
     trained, acc = train_teacher(cfg, data, recipe, seed, progress, partial, key, stop_after=stop, keep=keep)
     if not stop:
         save_torch(path, {"key": key, "state_dict": trained.state_dict(), "test_acc": acc, "model": label,
-                          "dataset": str(cfg.dataset.name), "recipe": recipe.as_dict(), "seed": seed})
+                          "dataset": str(cfg.dataset.name), "recipe": recipe.as_dict(), "seed": seed,
+                          "seeded_init": True})  # its initial weights from its seed alone: retraceable
         log.info("Teacher %s trained: test acc %.2f%%.", label, acc)
     partial.unlink(missing_ok=True)
 
 
-__all__ = ["obtain_teacher", "cache_key", "cache_path", "check_teacher_epoch", "extract_state_dict", "teacher_identity", "kept_weights", "load_weights",
-           "snapshot_path"]
+__all__ = ["obtain_teacher", "cache_key", "cache_path", "check_teacher_epoch", "extract_state_dict", "teacher_identity",
+           "kept_weights", "load_weights", "snapshot_path"]
