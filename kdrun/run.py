@@ -16,6 +16,7 @@ from kdrun.methods import method_class
 from kdrun.models import MODELS, model_label
 from kdrun.results.identity import Held, claim
 from kdrun.results.metrics import RunRecord
+from kdrun.results.selection import epoch_selections
 from kdrun.results.summary import print_run_summary
 from kdrun.schedules import build_stages
 from kdrun.schedules.spec import require_complete
@@ -109,6 +110,8 @@ def run(cfg: DictConfig, run_dir: Path, claimed: Optional[tuple[str, Optional[He
     }
     if last.result is not None and last.result.val_acc is not None:
         final["val_acc"] = last.result.val_acc
+    # best_test_acc, best_test_epoch (and test_acc_at_best_val, best_val_epoch): over the last stage's epochs
+    final.update(epoch_selections(record.metrics["history"], last.stage.name, validation=data.val is not None))
     final.update(bias_shift_metrics(cfg, last, data))  # eval.bias_shift
     final.update(ensembles(cfg, outcomes, teacher, data))
     record.finish("completed", **final)

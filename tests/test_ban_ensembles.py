@@ -53,3 +53,12 @@ def test_ensemble_teacher_needs_a_stage_that_uses_the_teacher(tmp_path):
     with pytest.raises(UserError, match="schedule.ensemble_teacher=true puts the run's teacher in the ensemble"):
         run(compose_config(QUICK + ["schedule=ban", "schedule.ensemble_teacher=true", "method=ce"]), tmp_path / "r")
     assert not (tmp_path / "r" / "checkpoints").exists()  # refused before any training
+
+
+def test_the_report_shows_the_ensembles_accuracy(tmp_path, capsys):
+    from kdrun.results.report import main
+
+    run(compose_config(QUICK + ["schedule=ban", "schedule.generations=2"]), tmp_path / "run")
+    assert main([str(tmp_path), "--metric", "ensemble_test_acc"]) in (0, None)
+    out = capsys.readouterr().out
+    assert "ensemble" in out and "--metric ensemble_test_acc" not in out, out

@@ -7,6 +7,7 @@ from functools import cached_property
 from typing import Any, Optional
 
 from kdrun.results.runs import Run, outside_configuration
+from kdrun.results.selection import metric_value
 
 METRICS = ("test_acc", "val_acc", "teacher_test_acc", "ensemble_test_acc", "test_acc_bias_shifted", "test_acc_bias_best")
 
@@ -41,6 +42,7 @@ def stat(values: list[float]) -> Stat:
 @dataclass
 class Group:
     runs: list[Run]
+    select: str = "last"  # which epoch's test accuracy `test_acc` is (kdrun.results.selection)
 
     @cached_property
     def values(self) -> dict:
@@ -66,11 +68,13 @@ class Group:
 
     def stat(self, metric: str = "test_acc") -> Stat:
         """Over seeds: completed runs of one seed (the same run repeated, or rerun elsewhere) count once,
-        with the mean of their values, so `n` is the number of seeds and the spread is the seeds'."""
+        with the mean of their values, so `n` is the number of seeds and the spread is the seeds'.
+        `test_acc` is the epoch the group's `select` picks; other metrics are as recorded."""
         per_seed: dict = {}
         for r in self.completed:
-            if r.metrics.get(metric) is not None:
-                per_seed.setdefault(_hashable(r.seed), []).append(float(r.metrics[metric]))
+            value = metric_value(r.metrics, metric, self.select)
+            if value is not None:
+                per_seed.setdefault(_hashable(r.seed), []).append(value)
         return stat([statistics.fmean(values) for values in per_seed.values()])
 
     def repeated_seeds(self) -> dict:
@@ -85,11 +89,11 @@ class Group:
         return [r.seed for r in self.completed]
 
 
-def group_runs(runs: list[Run]) -> list[Group]:
+def group_runs(runs: list[Run], select: str = "last") -> list[Group]:
     """Groups in the order their first run appears."""
     groups: dict[tuple, Group] = {}
     for r in runs:
-        groups.setdefault(r.configuration(), Group([])).runs.append(r)
+        groups.setdefault(r.configuration(), Group([], select)).runs.append(r)
     return list(groups.values())
 
 

@@ -5,7 +5,8 @@ A table file has `columns` and `rows`, each with a `match` of config choices or 
 configuration matches both and whose dataset is the table's (a column may name its own). A row may read
 another metric (`teacher_test_acc` for the teacher row; its values are taken once per seed, since every
 method of a pair shares the teacher of that seed), or one stage's accuracy (`"stage": "gen1"`, from the
-run's `stages` in metrics.json). A number read from a secondary source (another paper or a reproduction
+run's `stages` in metrics.json). `kdrun-report --select` picks which epoch's test accuracy the rows that
+read the student's test accuracy show (a stage's from its epochs in the run's `history`). A number read from a secondary source (another paper or a reproduction
 quoting the table) names it: the row's `from` lists, per column, a key of the table's `quoted_from`, and
 the report marks the cell with it. Runs on `synthetic` data stand in for a dataset of their class count
 (the scripts' `--smoke` runs), and the report says so.
@@ -19,6 +20,7 @@ from typing import Optional
 
 from kdrun.errors import UserError
 from kdrun.results.grouping import MISSING, Group, Stat, display, stat
+from kdrun.results.selection import describe, metric_value, stage_accuracy
 
 PAPERS_DIR = Path(__file__).resolve().parents[1] / "papers"
 STAND_IN = "synthetic"
@@ -72,9 +74,12 @@ class PaperComparison:
     cells: list[list[Cell]]  # [row][column]
     unmatched: list[Group]
     stand_ins: int  # matched groups run on synthetic data
+    select: str = "last"  # which epoch's test accuracy our cells show (kdrun.results.selection)
 
     @classmethod
-    def of(cls, paper: dict, groups: list[Group]) -> "PaperComparison":
+    def of(cls, paper: dict, groups: list[Group], select: str = "last") -> "PaperComparison":
+        """`select`: the epoch of the student's test accuracy in the rows that read it (`test_acc`, and a
+        stage's accuracy); other metrics (teacher, ensemble) are as recorded."""
         table_match = {"dataset": paper["dataset"]} if paper.get("dataset") else {}
         used: set[int] = set()
         cells = []
@@ -86,11 +91,11 @@ class PaperComparison:
                 hits = [g for g in groups if _matches(g, {**table_match, **row["match"], **col["match"]})]
                 used.update(id(g) for g in hits)
                 pooled = len(hits) if metric != "teacher_test_acc" else min(len(hits), 1)  # one teacher: pooling intended
-                line.append(Cell(_stat(hits, metric, row.get("stage")), published, pooled, source))
+                line.append(Cell(_stat(hits, metric, row.get("stage"), select), published, pooled, source))
             cells.append(line)
         unmatched = [g for g in groups if id(g) not in used]
         stand_ins = sum(1 for g in groups if id(g) in used and display(g.value("dataset")) == STAND_IN)
-        return cls(paper, cells, unmatched, stand_ins)
+        return cls(paper, cells, unmatched, stand_ins, select)
 
     def headers(self) -> list[str]:
         return [""] + [c["label"] for c in self.paper["columns"]]
@@ -102,6 +107,7 @@ class PaperComparison:
         p = self.paper
         notes = [f"Cells: ours, mean ± std over seeds (n seeds), vs the paper's number (ours − paper). "
                  f"Published as: {p.get('published_as', 'top-1 test accuracy (%)')}.",
+                 "Ours: " + describe(self.select),
                  "Sources: " + "; ".join(p.get("sources", []))]
         for key, source in p.get("quoted_from", {}).items():
             notes.append(f"[{key}]: quoted by a secondary source, not read from the paper itself: {source}")
@@ -115,7 +121,7 @@ class PaperComparison:
         return notes
 
 
-def _stat(groups: list[Group], metric: str, stage: Optional[str] = None) -> Stat:
+def _stat(groups: list[Group], metric: str, stage: Optional[str] = None, select: str = "last") -> Stat:
     if metric == "teacher_test_acc":  # one teacher per seed, shared by the methods: count it once
         per_seed = {}
         for g in groups:
@@ -124,12 +130,16 @@ def _stat(groups: list[Group], metric: str, stage: Optional[str] = None) -> Stat
                     per_seed.setdefault((display(g.value("dataset")), r.seed), float(r.metrics[metric]))
         return stat(list(per_seed.values()))
     if stage is not None:
-        values = [s.get(metric) for g in groups for r in g.completed
-                  for s in r.metrics.get("stages") or [] if s.get("name") == stage]
+        if metric == "test_acc":
+            values = [stage_accuracy(r.metrics, stage, select) for g in groups for r in g.completed]
+        else:
+            values = [s.get(metric) for g in groups for r in g.completed
+                      for s in r.metrics.get("stages") or [] if s.get("name") == stage]
         return stat([float(v) for v in values if v is not None])
     per_seed: dict = {}  # runs of one seed of one configuration count once (their mean), as in Group.stat
     for i, g in enumerate(groups):
         for r in g.completed:
-            if r.metrics.get(metric) is not None:
-                per_seed.setdefault((i, display(r.seed)), []).append(float(r.metrics[metric]))
+            value = metric_value(r.metrics, metric, select)
+            if value is not None:
+                per_seed.setdefault((i, display(r.seed)), []).append(value)
     return stat([sum(v) / len(v) for v in per_seed.values()])

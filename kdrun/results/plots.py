@@ -8,7 +8,7 @@ from pathlib import Path
 from kdrun.errors import UserError
 from kdrun.results.grouping import Group, display
 from kdrun.results.pivot import Grid
-from kdrun.results.tables import METRIC_LABELS, Summary
+from kdrun.results.tables import Summary, metric_label, missing_text
 
 
 def require_matplotlib():
@@ -33,7 +33,8 @@ def heatmap_name(grid: Grid, several: bool) -> str:
     return f"heatmap_{slug(grid.row)}_{slug(grid.col)}{suffix}.png"
 
 
-def draw_heatmap(grid: Grid, metric: str, path: Path) -> Path:
+def draw_heatmap(grid: Grid, metric: str, path: Path, label: str | None = None) -> Path:
+    label = label or metric_label(metric)
     values = [[_mean(grid.cell(r, c), metric) for c in grid.cols] for r in grid.rows]
     fig = _figure(figsize=(1.6 + 1.3 * len(grid.cols), 1.4 + 0.6 * len(grid.rows)), layout="constrained")
     ax = fig.add_subplot()
@@ -43,7 +44,7 @@ def draw_heatmap(grid: Grid, metric: str, path: Path) -> Path:
     for i, r in enumerate(grid.rows):
         for j, c in enumerate(grid.cols):
             g = grid.cell(r, c)
-            text = "" if g is None else g.stat(metric).text() if g.stat(metric).n else ("failed" if g.failed else "unfinished")
+            text = "" if g is None else g.stat(metric).text() if g.stat(metric).n else missing_text(g)
             v = values[i][j]
             dark = math.isnan(v) or high == low or (v - low) / (high - low) < 0.6
             ax.text(j, i, text.replace(" ± ", "\n± "), ha="center", va="center", fontsize=8,
@@ -52,8 +53,8 @@ def draw_heatmap(grid: Grid, metric: str, path: Path) -> Path:
     ax.set_yticks(range(len(grid.rows)), [display(r) for r in grid.rows])
     ax.set_xlabel(grid.col)
     ax.set_ylabel(grid.row)
-    ax.set_title(f"{METRIC_LABELS[metric]}, mean over seeds" + (f"\n{grid.title}" if grid.fixed else ""), fontsize=10)
-    fig.colorbar(image, ax=ax, label=METRIC_LABELS[metric])
+    ax.set_title(f"{label}, mean over seeds" + (f"\n{grid.title}" if grid.fixed else ""), fontsize=10)
+    fig.colorbar(image, ax=ax, label=label)
     fig.savefig(path, dpi=120)
     return path
 
@@ -105,6 +106,7 @@ def draw_curves(summary: Summary, path: Path) -> Path | None:
 
 
 def write_plots(summary: Summary, grids: list[Grid], metric: str, out_dir: Path) -> list[Path]:
-    written = [draw_heatmap(grid, metric, out_dir / heatmap_name(grid, len(grids) > 1)) for grid in grids]
+    label = metric_label(metric, summary.select)
+    written = [draw_heatmap(grid, metric, out_dir / heatmap_name(grid, len(grids) > 1), label) for grid in grids]
     curves = draw_curves(summary, out_dir / "curves.png")
     return written + ([curves] if curves else [])

@@ -17,12 +17,15 @@ from kdrun.results.grouping import METRICS, display
 from kdrun.results.paper import PaperComparison, load_paper, paper_names
 from kdrun.results.pivot import pivot
 from kdrun.results.runs import find_runs
+from kdrun.results.selection import SELECTIONS
 from kdrun.results.tables import Summary, relative
 
 
 def summarise(dirs: Sequence[Path], pivot_keys: Optional[Sequence[str]] = None, plot: bool = False,
-              metric: str = "test_acc", paper: Optional[str] = None) -> tuple[Summary, list[Path]]:
-    """Print the summary of every run below `dirs` and write its files into each of them."""
+              metric: str = "test_acc", paper: Optional[str] = None,
+              select: str = "last") -> tuple[Summary, list[Path]]:
+    """Print the summary of every run below `dirs` and write its files into each of them. `select`: which
+    epoch's test accuracy the tables, grids and paper rows show (last, best, best_val)."""
     dirs = [Path(d) for d in dirs]
     table = load_paper(paper) if paper else None  # before any work
     if plot:
@@ -33,7 +36,7 @@ def summarise(dirs: Sequence[Path], pivot_keys: Optional[Sequence[str]] = None, 
     if not runs:
         raise UserError(f"No kdrun runs below {', '.join(map(str, dirs))}: no metrics.json or .hydra/config.yaml "
                         f"was found. Give the directory of your runs (outputs/ by default) or of a sweep.")
-    summary = Summary.of(runs)
+    summary = Summary.of(runs, select)
     if metric not in summary.metrics:
         raise UserError(f"--metric {metric}: no run reports {metric}. "
                         + ("Runs report val_acc when they hold out data: dataset.val_size=N."
@@ -42,7 +45,7 @@ def summarise(dirs: Sequence[Path], pivot_keys: Optional[Sequence[str]] = None, 
     problems = warnings(summary, Path.cwd())
     for line in problems:
         console.print(f"warning: {line}", style="yellow", markup=False, soft_wrap=True)
-    comparison = PaperComparison.of(table, summary.groups) if table else None
+    comparison = PaperComparison.of(table, summary.groups, select) if table else None
     for item in summary.rich_tables(Path.cwd(), grids, metric) + (summary.paper_rich(comparison) if comparison else []):
         console.print(item)
     written = []
@@ -89,7 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", action="store_true",
                         help="write PNG figures: the pivot as a heatmap, test accuracy per epoch (needs matplotlib)")
     parser.add_argument("--metric", choices=METRICS, default="test_acc",
-                        help="the number shown in the pivot grid and heatmap (default test_acc)")
+                        help="the number shown in the pivot grid and heatmap (default test_acc; --select "
+                             "chooses which epoch's test_acc)")
+    parser.add_argument("--select", choices=SELECTIONS, default="last",
+                        help="which epoch's test accuracy the tables, grids and --paper rows show: last (the last "
+                             "epoch, as RepDistiller reports; default), best (the best epoch, selected on the test "
+                             "set, as mdistiller reports), best_val (the epoch of the best validation accuracy; "
+                             "runs need dataset.val_size). Other metrics are as recorded")
     parser.add_argument("--paper", metavar="TABLE",
                         help="also print our runs beside a published table, in its layout (also into summary.md): "
                              + ", ".join(paper_names()))
@@ -99,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        _, written = summarise(args.dirs, args.pivot, args.plot, args.metric, args.paper)
+        _, written = summarise(args.dirs, args.pivot, args.plot, args.metric, args.paper, args.select)
     except UserError as e:
         sys.stderr.write(f"kdrun-report: {e}\n")
         sys.exit(2)

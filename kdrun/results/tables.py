@@ -10,14 +10,20 @@ from pathlib import Path
 from rich.table import Table
 from rich.text import Text
 
-from kdrun.results.grouping import Group, columns, display, group_runs
+from kdrun.results.grouping import METRICS, Group, columns, display, group_runs
 from kdrun.results.pivot import Grid
 from kdrun.results.runs import Run
+from kdrun.results.selection import KEYS, LABELS, NO_VALIDATION, describe, why_missing
 
 CONFIG_COLUMN = "configuration"  # shown instead of keys when all runs share one configuration
 METRIC_LABELS = {"test_acc": "test acc (%)", "val_acc": "val acc (%)", "teacher_test_acc": "teacher acc (%)",
                  "ensemble_test_acc": "ensemble acc (%)", "test_acc_bias_shifted": "test acc, bias shifted (%)",
                  "test_acc_bias_best": "test acc, best bias shift (%)"}
+
+
+def metric_label(metric: str, select: str = "last") -> str:
+    """The column title of `metric`; `--select` names which epoch's test accuracy it is."""
+    return LABELS[select] if metric == "test_acc" else METRIC_LABELS[metric]
 
 
 def relative(path: Path, base: Path) -> str:
@@ -39,17 +45,38 @@ class Summary:
     runs: list[Run]
     groups: list[Group]
     columns: list[str]
+    select: str = "last"  # which epoch's test accuracy is shown (kdrun.results.selection)
 
     @classmethod
-    def of(cls, runs: list[Run]) -> "Summary":
-        groups = group_runs(runs)
-        return cls(runs, groups, columns(groups))
+    def of(cls, runs: list[Run], select: str = "last") -> "Summary":
+        groups = group_runs(runs, select)
+        return cls(runs, groups, columns(groups), select)
+
+    def notes(self) -> list[str]:
+        """Which test accuracy is shown, and the completed runs that have none under `--select`."""
+        notes = [describe(self.select) + (" It applies to the student's test accuracy (the table, grids and "
+                                          "--paper rows that read it); other metrics are as recorded at the "
+                                          "last epoch." if self.select != "last" else "")]
+        missing: dict[str, int] = {}
+        for r in (r for g in self.groups for r in g.completed):
+            reason = why_missing(r.metrics, self.select)
+            if reason:
+                missing[reason] = missing.get(reason, 0) + 1
+        label = metric_label("test_acc", self.select)
+        for reason, n in missing.items():
+            if reason == NO_VALIDATION:
+                notes.append(f"{n} completed run(s) have no validation split (dataset.val_size): their {label} "
+                             f"is missing (-). Run them with dataset.val_size=N to select on validation data, or "
+                             f"choose --select last or best.")
+            else:
+                notes.append(f"{n} completed run(s) have no per-epoch test accuracy of their last stage in their "
+                             f"history (e.g. its model came from the teacher cache): their {label} is missing (-).")
+        return notes
 
     @property
     def metrics(self) -> list[str]:
         """test_acc always; the others when some run has them."""
-        return ["test_acc"] + [m for m in ("val_acc", "teacher_test_acc")
-                               if any(r.metrics.get(m) is not None for r in self.runs)]
+        return ["test_acc"] + [m for m in METRICS[1:] if any(r.metrics.get(m) is not None for r in self.runs)]
 
     @property
     def not_completed(self) -> list[Run]:
@@ -83,7 +110,8 @@ class Summary:
     def csv_text(self, base: Path) -> str:
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow(self.key_headers + ["test_acc_mean", "test_acc_std", "val_acc_mean", "val_acc_std",
+        test = KEYS[self.select]  # test_acc, best_test_acc or test_acc_at_best_val
+        writer.writerow(self.key_headers + [f"{test}_mean", f"{test}_std", "val_acc_mean", "val_acc_std",
                                             "teacher_test_acc_mean", "n", "failed", "unfinished", "seeds", "runs"])
         for g in self.groups:
             cells = []
@@ -104,7 +132,7 @@ class Summary:
         return cells
 
     def _headers(self) -> list[str]:
-        headers = self.key_headers + [METRIC_LABELS[m] for m in self.metrics] + ["n", "failed"]
+        headers = self.key_headers + [metric_label(m, self.select) for m in self.metrics] + ["n", "failed"]
         return headers + (["unfinished"] if self.any_unfinished else [])
 
     def _problem_rows(self, base: Path) -> list[list[str]]:
@@ -113,25 +141,27 @@ class Summary:
 
     def markdown(self, base: Path, grids: list[Grid], metric: str) -> str:
         lines = ["# kdrun summary", "", self.headline() + ". Accuracy: mean ± sample std over seeds; "
-                 "`n` seeds that completed (runs of one seed count once, their mean).", "", *_md_table(self._headers(), [self._row_cells(g) for g in self.groups])]
+                 "`n` seeds that completed (runs of one seed count once, their mean).", "",
+                 *(f"- {note}" for note in self.notes()), "",
+                 *_md_table(self._headers(), [self._row_cells(g) for g in self.groups])]
         if self.not_completed:
             lines += ["", "## Runs that did not complete", "",
                       *_md_table(["run", "status", "error", "configuration"], self._problem_rows(base))]
         for grid in grids:
-            lines += ["", f"## {METRIC_LABELS[metric]}: {grid.row} × {grid.col}" + (f" ({grid.title})" if grid.fixed else ""),
+            lines += ["", f"## {metric_label(metric, self.select)}: {grid.row} × {grid.col}" + (f" ({grid.title})" if grid.fixed else ""),
                       "", *_md_table(*_grid_cells(grid, metric))]
         return "\n".join(lines) + "\n"
 
     def rich_tables(self, base: Path, grids: list[Grid], metric: str) -> list:
         """Titles as lines of their own (a table's title would wrap at the table's width)."""
-        out = [_title(f"kdrun summary: {self.headline()}"),
+        out = [_title(f"kdrun summary: {self.headline()}"), *(Text(note) for note in self.notes()),
                _rich_table(self._headers(), [self._row_cells(g) for g in self.groups], right_from=len(self.key_headers))]
         if self.not_completed:
             out += [_title("Runs that did not complete"),
                     _rich_table(["run", "status", "error", "configuration"], self._problem_rows(base), right_from=None)]
         for grid in grids:
             headers, rows = _grid_cells(grid, metric)
-            title = f"{METRIC_LABELS[metric]}: {grid.row} (rows) × {grid.col} (columns)"
+            title = f"{metric_label(metric, self.select)}: {grid.row} (rows) × {grid.col} (columns)"
             out += [_title(title + (f"  [{grid.title}]" if grid.fixed else "")), _rich_table(headers, rows, right_from=1)]
         return out
 
@@ -157,6 +187,11 @@ def _number(value) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
+def missing_text(g: Group) -> str:
+    """A grid cell without a value: its runs completed without the metric (-), failed, or did not finish."""
+    return "-" if g.completed else "failed" if g.failed else "unfinished"
+
+
 def _grid_cells(grid: Grid, metric: str) -> tuple[list[str], list[list[str]]]:
     headers = [f"{grid.row} \\ {grid.col}"] + [display(c) for c in grid.cols]
     rows = []
@@ -169,7 +204,7 @@ def _grid_cells(grid: Grid, metric: str) -> tuple[list[str], list[list[str]]]:
             elif g.stat(metric).n:
                 cells.append(g.stat(metric).text())
             else:
-                cells.append("failed" if g.failed else "unfinished")
+                cells.append(missing_text(g))
         rows.append(cells)
     return headers, rows
 
