@@ -1,6 +1,8 @@
 """The teacher's kept epochs (`teacher.train.keep_epochs`, `teacher.epoch`) and `schedule=rco`: which weights
 the cache keeps, that they are the weights of that epoch, that a second run trains no teacher, and that
 an interrupted route resumes as if it had not stopped."""
+import re
+
 import pytest
 import torch
 
@@ -81,9 +83,12 @@ def test_teacher_epoch_changes_the_run_and_keep_epochs_does_not():
     (["teacher.train.keep_epochs=[7]"], "teacher.train.keep_epochs=[7]: each is an epoch"),
     (["teacher.train.keep_every=0"], "teacher.train.keep_every=0: expected null or a number of epochs"),
     (["schedule=rco", "schedule.anchors=[6]"], "teacher_epoch=6: the teacher trains for teacher.train.epochs=4"),
+    (["schedule=rco", "schedule.anchors=[0,2]"], "schedule.anchors=[0, 2]: each item is a stage's teacher_epoch, an "
+                                                 "epoch (1 or more); 0 is not."),
+    (["schedule=rco", "schedule.interval=0"], "schedule.interval=0: the step of a for_each range must be 1 or more."),
 ])
 def test_impossible_epochs_are_refused_before_training(overrides, needle, tmp_path, teacher_trainings):
-    with pytest.raises(UserError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(UserError, match=re.escape(needle)):
         run(compose_config(BASE + overrides), tmp_path / "run")
     assert teacher_trainings == []
 

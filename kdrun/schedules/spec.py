@@ -72,6 +72,11 @@ def expand(entries: list, where: str, sources: Optional[dict[int, str]] = None) 
             items = list(range(1, items + 1))
         require(isinstance(items, list), f"{label} must be a list or a count, got {items!r}.")
         template = {k: v for k, v in entry.items() if k != "for_each"}
+        for key in NUMBER_KEYS:
+            wrong = [item for item in items if not (isinstance(item, int) and not isinstance(item, bool) and item >= 1)]
+            require(template.get(key) != "{item}" or not wrong,
+                    f"{label}={_show(items)}: each item is a stage's {key}, an epoch (1 or more); "
+                    f"{', '.join(map(repr, wrong))} is not.")
         for index, item in enumerate(items, start=1):
             try:
                 out.append({k: item if k in NUMBER_KEYS and v == "{item}" else
@@ -91,9 +96,10 @@ def range_items(spec: dict, label: str) -> list:
     if spec.get("items") is not None:
         return spec["items"]
     bounds = [spec.get(k) for k in ("start", "stop", "step")]
-    require(all(isinstance(v, int) and not isinstance(v, bool) for v in bounds) and bounds[2] >= 1,
-            f"{label} must be a list, a count, or a mapping with items, or with start, stop and step (integers, "
-            f"step 1 or more), got {spec!r}.")
+    require(all(isinstance(v, int) and not isinstance(v, bool) for v in bounds),
+            f"{label} must be a list, a count, or a mapping with items, or with start, stop and step (integers), "
+            f"got {spec!r}.")
+    require(bounds[2] >= 1, f"{label}={bounds[2]}: the step of a for_each range must be 1 or more.")
     return list(range(*bounds))
 
 
@@ -103,6 +109,9 @@ def for_each_sources(cfg: DictConfig) -> dict[int, str]:
     out = {}
     for n, entry in enumerate(raw if isinstance(raw, list) else []):
         value = entry.get("for_each") if isinstance(entry, dict) else None
+        if isinstance(value, dict):  # `items` when it holds a list, else the range's step (rco's interval)
+            items = OmegaConf.select(cfg, f"schedule.stages[{n}].for_each.items")
+            value = value.get("items") if items is not None else value.get("step")
         if isinstance(value, str) and re.fullmatch(r"\$\{[\w.]+\}", value.strip()):
             out[n] = value.strip()[2:-1]
     return out
