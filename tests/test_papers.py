@@ -389,3 +389,13 @@ def test_dkd_takes_mdistillers_beta_for_each_pair_and_an_explicit_value_wins():
         assert cfg.method.dkd_beta == beta, pair
     assert compose_config(["method=dkd"]).method.dkd_beta == 8.0
     assert compose_config(["method=dkd", "pair=resnet56-resnet20", "method.dkd_beta=3"]).method.dkd_beta == 3
+
+
+def test_rows_published_as_their_best_epoch_are_named_in_the_notes():
+    best = [r["label"] for r in load_paper("best_cifar100")["rows"] if r.get("published_select") == "best"]
+    assert best == ["KD", "KD+LS", "DKD", "DKD+LS", "MLKD", "MLKD+LS"]
+    notes = PaperComparison.of(load_paper("crd_cifar100"), []).notes()
+    assert "Published as the best epoch (selected on the test set): DKD; --select best compares them like " \
+           "with like." in notes
+    assert not any(n.startswith("Published as the best epoch")
+                   for n in PaperComparison.of(load_paper("crd_cifar100"), [], select="best").notes())

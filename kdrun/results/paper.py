@@ -8,7 +8,8 @@ method of a pair shares the teacher of that seed), or one stage's accuracy (`"st
 run's `stages` in metrics.json). `kdrun-report --select` picks which epoch's test accuracy the rows that
 read the student's test accuracy show (a stage's from its epochs in the run's `history`). A number read from a secondary source (another paper or a reproduction
 quoting the table) names it: the row's `from` lists, per column, a key of the table's `quoted_from`, and
-the report marks the cell with it. Runs on `synthetic` data stand in for a dataset of their class count
+the report marks the cell with it. A row `"published_select": "best"` was published as its best epoch (the
+report's notes say so unless `--select best`). Runs on `synthetic` data stand in for a dataset of their class count
 (the scripts' `--smoke` runs), and the report says so.
 """
 from __future__ import annotations
@@ -111,6 +112,10 @@ class PaperComparison:
                  "Sources: " + "; ".join(p.get("sources", []))]
         for key, source in p.get("quoted_from", {}).items():
             notes.append(f"[{key}]: quoted by a secondary source, not read from the paper itself: {source}")
+        best = [row["label"] for row in p["rows"] if row.get("published_select") == "best"]
+        if best and self.select != "best":
+            notes.append(f"Published as the best epoch (selected on the test set): {', '.join(best)}; "
+                         f"--select best compares them like with like.")
         if p.get("missing"):
             notes.append(f"Not recorded, and caveats: {p['missing']}")
         if any(c.configurations > 1 for line in self.cells for c in line):
