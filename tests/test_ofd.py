@@ -16,7 +16,8 @@ from conftest import compose_config
 from kdrun.data.base import DataInfo
 from kdrun.errors import UserError
 from kdrun.methods import build_method
-from kdrun.methods.ofd import OFDConfig, bn_margin, connector, partial_l2
+from kdrun.methods.feature import bn_connector as connector
+from kdrun.methods.ofd import OFDConfig, bn_margin, partial_l2
 from kdrun.models import MODELS
 from kdrun.models.args import InputTooSmall
 from kdrun.models.features import FeatureHooks, feature_points, resolve

@@ -9,6 +9,7 @@ pairs from the first (`pairing="first"`), as RepDistiller's VID zips the two lis
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 import torch.nn as nn
@@ -190,3 +191,21 @@ def regressor(s_shape: tuple, t_shape: tuple, relu: bool) -> nn.Module:
         raise UserError(f"Cannot map a student feature of shape {s_shape} onto a teacher feature of shape "
                         f"{t_shape}: choose paths that are both feature maps or both vectors.")
     return nn.Sequential(*layers, *([nn.ReLU()] if relu else []))
+
+
+def bn_connector(s_shape: tuple, t_shape: tuple) -> nn.Module:
+    """1x1 conv (no bias) + BN from the student's channels to the teacher's (linear + BN1d for vectors),
+    initialised as the AB/OFD authors' connectors: weights N(0, 2 / (k^2 C_out)), BN weight 1 and bias 0."""
+    sc, tc = s_shape[0], t_shape[0]
+    if len(s_shape) == 1:
+        layer = nn.Linear(sc, tc, bias=False)
+        bn = nn.BatchNorm1d(tc)
+    else:
+        layer = nn.Conv2d(sc, tc, kernel_size=1, bias=False)
+        bn = nn.BatchNorm2d(tc)
+    n = tc * (layer.kernel_size[0] * layer.kernel_size[1] if isinstance(layer, nn.Conv2d) else 1)
+    with torch.no_grad():
+        layer.weight.normal_(0.0, math.sqrt(2.0 / n))
+        bn.weight.fill_(1.0)
+        bn.bias.zero_()
+    return nn.Sequential(layer, bn)

@@ -26,7 +26,6 @@ projects every student map. The projections are method submodules: trained with 
 the init stage the main stage no longer reads them.
 """
 import logging
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -35,7 +34,7 @@ import torch.nn as nn
 
 from kdrun.errors import require
 from kdrun.methods.config import WithFeatures
-from kdrun.methods.feature import FeatureDistiller, InitStage, default_points, match_spatial
+from kdrun.methods.feature import FeatureDistiller, InitStage, bn_connector, default_points, match_spatial
 from kdrun.methods.registry import METHODS
 from kdrun.models.features import feature_points, resolve
 from kdrun.schema.choice import Choice
@@ -56,14 +55,8 @@ def fsp_loss(s_in, s_out, t_in, t_out) -> torch.Tensor:
 
 def projection(s_channels: int, t_channels: int) -> nn.Module:
     """A student map's channels onto the teacher's: 1x1 conv without bias + BN, initialised as the AB
-    authors' connectors (conv weights N(0, 2 / (k^2 C_out)), BN weight 1 and bias 0)."""
-    conv = nn.Conv2d(s_channels, t_channels, kernel_size=1, bias=False)
-    bn = nn.BatchNorm2d(t_channels)
-    with torch.no_grad():
-        conv.weight.normal_(0.0, math.sqrt(2.0 / t_channels))
-        bn.weight.fill_(1.0)
-        bn.bias.zero_()
-    return nn.Sequential(conv, bn)
+    authors' connectors (the connector OFD uses)."""
+    return bn_connector((s_channels, 1, 1), (t_channels, 1, 1))
 
 
 def default_maps(model: nn.Module, role: str) -> list[str]:

@@ -34,7 +34,7 @@ import torch.nn as nn
 
 from kdrun.errors import UserError, require
 from kdrun.methods.config import WithFeatures
-from kdrun.methods.feature import FeatureDistiller, match_spatial
+from kdrun.methods.feature import FeatureDistiller, bn_connector, match_spatial
 from kdrun.methods.registry import METHODS
 from kdrun.models.features import resolve
 
@@ -61,23 +61,6 @@ def partial_l2(s: torch.Tensor, t: torch.Tensor, margin: torch.Tensor) -> torch.
     target = torch.max(t, margin)
     keep = (s > target) | (target > 0)
     return ((s - target).pow(2) * keep).sum()
-
-
-def connector(s_shape: tuple, t_shape: tuple) -> nn.Module:
-    """1x1 conv (no bias) + BN from the student's channels to the teacher's (linear + BN1d for vectors)."""
-    sc, tc = s_shape[0], t_shape[0]
-    if len(s_shape) == 1:
-        layer = nn.Linear(sc, tc, bias=False)
-        bn = nn.BatchNorm1d(tc)
-    else:
-        layer = nn.Conv2d(sc, tc, kernel_size=1, bias=False)
-        bn = nn.BatchNorm2d(tc)
-    n = tc * (layer.kernel_size[0] * layer.kernel_size[1] if isinstance(layer, nn.Conv2d) else 1)
-    with torch.no_grad():
-        layer.weight.normal_(0.0, math.sqrt(2.0 / n))
-        bn.weight.fill_(1.0)
-        bn.bias.zero_()
-    return nn.Sequential(layer, bn)
 
 
 @dataclass
@@ -117,7 +100,7 @@ class OverhaulFeatureDistillation(FeatureDistiller):
                     f"same kind.")
         self.t_bns = [self.teacher_bn(path, t_path, shape)
                       for path, t_path, shape in zip(self.t_bn_paths, self.t_paths, t_shapes)]
-        self.connectors = nn.ModuleList(connector(s, t) for s, t in zip(s_shapes, t_shapes))
+        self.connectors = nn.ModuleList(bn_connector(s, t) for s, t in zip(s_shapes, t_shapes))
         n = len(self.s_paths)
         self.stage_weights = [1.0 / 2 ** (n - i - 1) for i in range(n)]
         self.watch(self.s_paths, self.t_paths)
