@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from kdrun import packed
 from kdrun.cli_args import preflight
 from kdrun.configs import CONFIG_DIR, register_configs
 from kdrun.errors import UserError
@@ -24,14 +25,23 @@ log = logging.getLogger("kdrun")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def app(cfg: DictConfig):
+    return run_job(cfg, HydraConfig.get())
+
+
+def run_job(cfg: DictConfig, hydra_cfg: DictConfig):
+    """One job, as `app` runs it once Hydra composed it: `hydra_cfg` is the job's `hydra` node. The packed
+    launcher (hydra_plugins/kdrun_launchers/packed.py) calls it for each member of a group, in its thread."""
     from kdrun.results.identity import RunDirTaken, claim, write_config
     from kdrun.schedules.spec import require_complete
     from kdrun.run import report_completed, run
     from kdrun.training.signals import RunInterrupted, interrupts_raise
 
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
+    from kdrun import distributed
+
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if distributed.setup() and not distributed.is_main():  # one of several processes (torchrun, SLURM tasks)
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the run's progress
+    run_dir = distributed.common_run_dir(Path(hydra_cfg.runtime.output_dir))
     claimed, log_file = None, None
     with interrupts_raise():
         try:
@@ -43,7 +53,7 @@ def app(cfg: DictConfig):
             if held is not None and held.status == "completed":
                 report_completed(run_dir, held.metrics)
                 return held.metrics
-            log_file = open_run_log(run_dir, str(hydra_cfg.job.name))
+            log_file = open_run_log(run_dir, str(hydra_cfg.job.name)) if distributed.is_main() else None
             if held is None or not (run_dir / CONFIG_RECORD).is_file():
                 write_config(run_dir, cfg, hydra_cfg, list(hydra_cfg.overrides.task))
             return run(cfg, run_dir, claimed)
@@ -87,6 +97,8 @@ def open_run_log(run_dir: Path, name: str) -> logging.Handler:
     """The run's log file (JOB_NAME.log, appended to on resume), opened once the directory is claimed."""
     handler = logging.FileHandler(run_dir / f"{name}.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    if packed.current() is not None:  # the jobs of a packed group share the process: each log keeps its own lines
+        handler.addFilter(packed.this_thread())
     logging.getLogger().addHandler(handler)
     return handler
 
@@ -137,6 +149,11 @@ def main() -> None:
             return
     except UserError as e:
         sys.stderr.write(f"kdrun: {e}\n")
+        sys.exit(2)
+    if args is not None and args.multirun and "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stderr.write("kdrun: -m under torchrun: torchrun's processes make one run together; a sweep would "
+                         "start each of its jobs in every process. Run the sweep's jobs one by one under torchrun, "
+                         "or sweep with hydra/launcher=slurm hydra.launcher.tasks_per_node=N (one DDP job per run).\n")
         sys.exit(2)
     exit_code = None  # the status kdrun is already leaving with (a signal, a refusal)
     # Hydra prints its errors itself unless HYDRA_FULL_ERROR is set (its documented switch): set, they

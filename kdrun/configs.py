@@ -33,16 +33,19 @@ def register_launchers() -> None:
     which misses them in an editable install (setuptools maps packages there with an import hook)."""
     from hydra.core.plugins import Plugins
     from hydra_plugins.kdrun_launchers.local_gpus import LocalGpusLauncher
+    from hydra_plugins.kdrun_launchers.packed import PackedLauncher
     from hydra_plugins.kdrun_launchers.sweeper import KdrunSweeper  # also stores hydra/sweeper=kdrun
 
     Plugins.instance().register(LocalGpusLauncher)
+    Plugins.instance().register(PackedLauncher)
     Plugins.instance().register(KdrunSweeper)
 
 
 def register_configs() -> None:
     """Every schema into Hydra's ConfigStore: the root (`kdrun_schema`), `schema/method/NAME`,
-    `schema/dataset/NAME`, `schema/schedule/NAME` and `schema/launcher/NAME` (a group file names its schema
-    in its defaults list, `/schema/method/kd@_here_`), and `teacher/NAME`, `student/NAME` for every model."""
+    `schema/dataset/NAME`, `schema/schedule/NAME`, `schema/launcher/NAME` and `schema/logger/NAME` (a group
+    file names its schema in its defaults list, `/schema/method/kd@_here_`), and `teacher/NAME`,
+    `student/NAME` for every model."""
     global _registered
     if _registered:
         return
@@ -51,7 +54,8 @@ def register_configs() -> None:
     from kdrun.schedules.config import SCHEMAS as SCHEDULE_SCHEMAS
     from kdrun.schema.models import model_schema
     from kdrun.schema.root import Config
-    from kdrun.schema.launchers import LocalGpusConf
+    from kdrun.schema.launchers import LocalGpusConf, PackedConf
+    from kdrun.tracking import TRACKERS
 
     register_launchers()
     cs = ConfigStore.instance()
@@ -63,6 +67,9 @@ def register_configs() -> None:
     for name, schema in SCHEDULE_SCHEMAS.items():
         cs.store(group="schema/schedule", name=name, node=schema, provider="kdrun")
     cs.store(group="schema/launcher", name="local_gpus", node=LocalGpusConf, provider="kdrun")
+    cs.store(group="schema/launcher", name="packed", node=PackedConf, provider="kdrun")
+    for name in TRACKERS.names():
+        cs.store(group="schema/logger", name=name, node=TRACKERS.get(name).Config, provider="kdrun")
     for name in MODELS.names():
         cs.store(group="student", name=name, node=model_schema(name), provider="kdrun")
         cs.store(group="teacher", name=name, node=model_schema(name), provider="kdrun")

@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 
 from kdrun.configs import CONFIG_DIR
 
-GROUPS = ("dataset", "teacher", "student", "method", "schedule", "experiment", "pair", "sweep", "hydra/launcher")
+GROUPS = ("dataset", "teacher", "student", "method", "schedule", "experiment", "pair", "sweep", "logger",
+          "hydra/launcher")
 
 
 def help_text(overrides: list[str], config_dir: str | None = None) -> str:

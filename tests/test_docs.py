@@ -51,7 +51,22 @@ NOT_RUN = {
     "python -m pytest tests/test_warmup_then_kd.py": "test_the_walkthroughs_tests_pass runs the page's test functions",
     "python -m pytest tests/test_embed_l2.py": "test_the_walkthroughs_tests_pass runs the page's test functions",
     "mkdocs build --strict": "test_the_site_builds_strictly",
+    'pip install -e ".[tensorboard]"': "installs packages (the dev extra has them); tests/test_tracking.py runs "
+                                       "logger=tensorboard, and its refusal names this command",
+    'pip install -e ".[wandb]"': "installs packages (the dev extra has them); tests/test_tracking.py runs logger=wandb "
+                                 "offline, and its refusal names this command",
+    'pip install -e ".[mlflow]"': "installs packages (the dev extra has them); tests/test_tracking.py runs "
+                                  "logger=mlflow, and its refusal names this command",
+    "tensorboard --logdir outputs/": "a web server; tests/test_tracking.py reads the event files with TensorBoard's "
+                                     "EventAccumulator",
+    "MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri file:outputs/mlruns":
+        "a web server (full mlflow); tests/test_tracking.py reads that store with MlflowClient",
+    "wandb sync outputs/2025-01-31/12-00-00/wandb/offline-run-*": "uploads to wandb's servers; tests/test_tracking.py "
+                                                                    "reads the offline run files",
+    "apt-get install -y chromium": "installs a system package as root (.ci/run does); tests/test_html_report.py uses it",
     "mkdocs serve": "a local web server; the site it serves is built by test_the_site_builds_strictly",
+    "torchrun --nproc-per-node=4 -m kdrun dataset=cifar100 teacher=resnet56 student=resnet20 method=kd":
+        "needs 4 processes and CIFAR-100; tests/test_distributed.py runs torchrun --nproc-per-node=2 -m kdrun",
 }
 # Every scripts/reproduce_*.sh runs whole tables (GPU days); each script's --smoke run is
 # tests/test_papers.py::test_smoke_run_produces_the_side_by_side_table.
@@ -467,6 +482,10 @@ def test_kdrun_report_command(cmd, workspace, monkeypatch, capsys):
     assert "method.T" in text and "method.alpha" in text and "| 2 |" in text, text  # 2 seeds pooled per row
     if parsed.plot:
         assert list(workspace.rglob("heatmap_*.png")) and list(workspace.rglob("curves.png"))
+    if parsed.html:  # tests/test_html_report.py opens the page in Chromium
+        for d in parsed.dirs:
+            page = (workspace / d / "report.html").read_text(encoding="utf-8")
+            assert "method.T" in page and page.count("data:image/png;base64,") == 1 + bool(parsed.pivot), page[:3000]
     if parsed.paper:
         assert "resnet56" in text and "resnet20" in text and "CRD" in text, text
 

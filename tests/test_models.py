@@ -19,7 +19,7 @@ CONTRACT_NAMES = (["mlp_1200", "mlp_800", "wrn16_1", "wrn16_2", "wrn16_4", "wrn4
 # Too slow to run for real on every shape: checked on "meta" tensors (shapes only) for the dataset
 # shapes, and run for real on the 8x8 digits.
 HEAVY = {n for n in MODELS.names() if n.startswith("wrn") and n.endswith(("_8", "_10"))} | {
-    "resnet34", "resnet50", "vgg16", "vgg19"}
+    "resnet34", "resnet50", "vgg16", "vgg19", "tv_resnet34", "tv_resnet50"}
 DIGITS = (10, 1, (8, 8))
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
@@ -103,6 +103,9 @@ def check_features(model, feats, batch):
 # BAN's DenseNets (6.9M to 47M parameters, hundreds of layers) take a minute even on meta tensors: `pytest -m
 # slow`; the general `densenet` (DenseNet-BC-100-12) is the family's in the default run.
 SLOW_MODELS = {"densenet112_33", "densenet90_60", "densenet80_80", "densenet80_120"}
+# torchvision's deepest ResNets (44M, 60M parameters) take 5 to 10 s. They are not HEAVY: on the 8x8 digits their
+# stem leaves 2x2 maps, and thirty blocks of batch norm over 2 values per channel can overflow the gradient.
+SLOW_MODELS |= {"tv_resnet101", "tv_resnet152"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_MODELS else n

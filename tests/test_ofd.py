@@ -226,12 +226,12 @@ def exactly(name):
     """Pre-activations that are the BN's output itself (else bn(out) + shortcut, the reference's choice)."""
     if name.startswith(("wrn", "vgg", "plain", "nin", "densenet")):
         return "all"
-    return {"mobilenetv2": "last"}.get(name, "none")
+    return {"mobilenetv2": "last", "tv_mobilenet_v2": "last"}.get(name, "none")
 
 
 # One model of each family in the default run, every zoo model with `pytest -m slow`.
 FAMILIES = ("wrn16_2", "resnet8", "resnet32x4", "resnet18", "resnet50", "vgg8", "mobilenetv2", "shufflenetv1",
-            "shufflenetv2", "plain4", "mlp", "maxout_cifar", "fitnet1")
+            "shufflenetv2", "plain4", "mlp", "maxout_cifar", "fitnet1", "tv_resnet18", "tv_mobilenet_v2")
 
 
 @pytest.mark.parametrize("name", [n if n in FAMILIES else pytest.param(n, marks=pytest.mark.slow)

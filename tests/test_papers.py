@@ -18,8 +18,9 @@ from kdrun.schedules.spec import stage_recipe
 from kdrun.training.recipe import RecipeDelta
 from tests.conftest import REPO, compose_config, kdrun_cli
 
-TABLES = ["ab_cifar10", "at_cifar10", "ban_cifar100", "ban_densenet_cifar100", "best_cifar100", "crd_cifar100", "fitnet_cifar10",
-          "fsp_cifar10", "hinton_mnist", "hinton_mnist_78", "hinton_mnist_no3", "ofd_cifar100", "takd_cifar"]
+TABLES = ["ab_cifar10", "at_cifar10", "at_imagenet", "ban_cifar100", "ban_densenet_cifar100", "best_cifar100", "crd_cifar100", "fitnet_cifar10",
+          "fsp_cifar10", "hinton_mnist", "hinton_mnist_78", "hinton_mnist_no3", "kd_imagenet", "ofd_cifar100", "rco_cifar100",
+          "takd_cifar"]
 
 # The published recipes, written here from the papers and the authors' code (see each preset's comments).
 REPDISTILLER = {"train.epochs": 240, "train.batch_size": 64, "train.lr": 0.05, "train.momentum": 0.9,
@@ -38,7 +39,16 @@ WRN = {"train.epochs": 200, "train.batch_size": 128, "train.lr": 0.1, "train.nes
        "teacher.train.epochs": 200, "teacher.train.lr": 0.1, "teacher.train.milestones": [60, 120, 160],
        "teacher.train.gamma": 0.2, "dataset.augment.crop_padding": 4, "dataset.augment.flip": True,
        "dataset.augment.padding_mode": "reflect"}
+IMAGENET = {"dataset.name": "imagenet", "dataset.image_size": 224, "dataset.augment.crop_scale": [0.08, 1.0],
+            "dataset.augment.flip": True, "teacher.name": "tv_resnet34", "teacher.pretrained": "torchvision",
+            "student.name": "tv_resnet18", "train.epochs": 100, "train.momentum": 0.9, "train.weight_decay": 1e-4,
+            "train.milestones": [30, 60, 90], "train.gamma": 0.1, "train.nesterov": False}
 RECIPES = {
+    # the AT authors' imagenet.py and README command; mdistiller's configs/imagenet/r34_r18/kd.yaml
+    "at_imagenet": {**IMAGENET, "train.batch_size": 256, "train.lr": 0.1, "method.name": "at", "method.beta": 1000.0,
+                    "method.alpha": 0.0, "method.p": 2.0},
+    "kd_imagenet": {**IMAGENET, "train.batch_size": 512, "train.lr": 0.2, "method.name": "kd", "method.T": 1.0,
+                    "method.alpha": 0.5, "method.ce_weight": 0.5},
     "hinton_mnist": {"dataset.name": "mnist", "teacher.name": "mlp_1200", "teacher.hidden": [1200, 1200],
                      "student.name": "mlp_800", "student.hidden": [800, 800], "teacher.dropout": 0.5,
                      "teacher.input_dropout": 0.2, "teacher.max_norm": 3.5, "student.max_norm": None,
@@ -64,6 +74,11 @@ RECIPES = {
                      "dataset.augment.crop_padding": 4, "dataset.augment.padding_mode": "reflect",
                      "dataset.augment.flip": True},
     # mdistiller's recipe (= RepDistiller's); KD+LS at Sun et al.'s settings for wrn40_2->wrn16_2
+    # RCO's pair (its Table 1) with RepDistiller's recipe (lr 0.01 for MobileNetV2): the paper's was not read
+    "rco_cifar100": {**REPDISTILLER, "dataset.name": "cifar100", "method.name": "kd", "method.T": 4.0, "method.alpha": 0.9,
+                     "teacher.name": "resnet50", "student.name": "mobilenetv2", "train.lr": 0.01,
+                     "schedule.name": "rco", "schedule.interval": 60, "schedule.strategy": "equal",
+                     "schedule.greedy.delta": 1.0, "schedule.anchor.epochs": 240, "teacher.train.keep_every": 20},
     "best_cifar100": {**REPDISTILLER, "dataset.name": "cifar100", "method.name": "kd", "method.logit_stand": True,
                       "method.T": 2.0, "method.alpha": 9.0, "method.ce_weight": 0.1, "teacher.name": "wrn40_2",
                       "student.name": "wrn16_2"},
@@ -343,7 +358,7 @@ def test_a_script_per_table():
 
 
 SLOW_SMOKE = ("crd_cifar100", "at_cifar10", "fitnet_cifar10", "takd_cifar", "best_cifar100", "ofd_cifar100",
-              "ban_densenet_cifar100", "ab_cifar10",  # 10-30 s each on 2 cores
+              "ban_densenet_cifar100", "ab_cifar10", "rco_cifar100", "at_imagenet", "kd_imagenet",  # 10-110 s each on 2 cores
               "ban_cifar100", "hinton_mnist",  # ~8 s each: fsp_cifar10's runs a script end to end in the default run
               "hinton_mnist_no3", "hinton_mnist_78")  # ~8 s each
 
@@ -399,3 +414,10 @@ def test_rows_published_as_their_best_epoch_are_named_in_the_notes():
            "with like." in notes
     assert not any(n.startswith("Published as the best epoch")
                    for n in PaperComparison.of(load_paper("crd_cifar100"), [], select="best").notes())
+
+
+def test_kd_imagenet_takes_mdistillers_dkd_settings_with_method_dkd():
+    cfg = compose_config(["experiment=kd_imagenet", "method=dkd"])
+    assert (cfg.method.T, cfg.method.ce_weight, cfg.method.dkd_alpha, cfg.method.dkd_beta, cfg.method.warmup) == \
+        (1.0, 1.0, 1.0, 0.5, 1)
+    assert cfg.train.batch_size == 512 and cfg.teacher.pretrained == "torchvision"

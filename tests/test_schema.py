@@ -68,7 +68,7 @@ def test_the_issues_examples(tmp_path, monkeypatch, capsys):
         assert code == 2 and needle in out and "Traceback" not in out, out
 
 
-@pytest.mark.parametrize("launcher", ["local_gpus", "submitit_local"])
+@pytest.mark.parametrize("launcher", ["local_gpus", "submitit_local", "packed"])
 def test_a_mistyped_key_stops_a_sweep_under_every_launcher(tmp_path, monkeypatch, capsys, launcher):
     sweep = tmp_path / "sweep"
     code, out = kdrun_in_process(["-m", f"hydra/launcher={launcher}", *QUICK, "method=kd,fitnet", "method.variant=cwtm",
@@ -147,7 +147,8 @@ def test_help_lists_the_groups_a_user_chooses_from(tmp_path, monkeypatch, capsys
     section = out.split("== Config groups (choose with GROUP=OPTION) ==")[1].split("== Config (override")[0]
     groups = dict(line.split(": ", 1) for line in section.splitlines() if ": " in line)
     assert set(groups) == {"dataset", "teacher", "student", "method", "schedule", "experiment", "pair", "sweep",
-                           "hydra/launcher"}  # not the schemas' or the presets' own groups
+                           "logger", "hydra/launcher"}  # not the schemas' or the presets' own groups
+    assert groups["logger"] == "csv, many, mlflow, tensorboard, wandb"
     assert "mynet" in groups["student"].split(", ") and "wrn40_2" in groups["teacher"].split(", ")
     assert "name: at" in out.split("== Config (")[1]  # the config of this command line
     code, out = kdrun_in_process(["--help", "method.Tx=3"], tmp_path, monkeypatch, capsys)

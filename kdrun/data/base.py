@@ -77,6 +77,11 @@ class Dataset:
     def device(self) -> torch.device:
         return self.train.x.device
 
+    @property
+    def augmented(self) -> bool:
+        """Whether training batches show other views of the examples each epoch."""
+        return self.augment is not None and bool(self.augment)
+
     def prepare(self, x: torch.Tensor, train: bool, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """uint8 (or raw float) batch -> normalised float batch, augmented when training.
 

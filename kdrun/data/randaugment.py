@@ -278,6 +278,11 @@ class StrongView:
     view is. `generator(seed)` gives an epoch's generator; the loop seeds it from (seed, stage, epoch)."""
 
     def __init__(self, data: Dataset, num_ops: int = 2, method: str = "mlkd"):
+        if not isinstance(getattr(data.train, "x", None), torch.Tensor):
+            raise UserError(
+                f"method {method} trains on a strongly augmented view (RandAugment) made from the training "
+                f"images held in memory, and dataset={data.name} reads its images from disk as it trains. Set "
+                f"method.strong_view=false (the method on the usual view only), or use an in-memory dataset.")
         if data.train.x.dtype != torch.uint8:
             raise UserError(
                 f"method {method} trains on a strongly augmented view (RandAugment), which works on 8-bit "

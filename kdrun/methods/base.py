@@ -126,6 +126,8 @@ class Distiller(nn.Module):
         training loop owns for one stage; see kdrun.training.teacher_outputs)."""
         if cache is None or index is None:
             return self.teacher_forward(x)
+        if getattr(cache, "shared", False):  # a packed sweep's one teacher pass per batch (kdrun.packed.teacher)
+            return cache.outputs(self, x, index)
         if cache.complete:
             return cache.lookup(index)
         logits, feats = self.teacher_forward(x)

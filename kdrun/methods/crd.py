@@ -27,6 +27,7 @@ from kdrun.methods.registry import METHODS
 from kdrun.methods.weighted import WeightedDistiller, flat
 from kdrun.models.features import feature_shapes
 from kdrun.schema.choice import Choice
+from kdrun import distributed
 
 log = logging.getLogger("kdrun")
 EPS = 1e-7
@@ -45,7 +46,11 @@ def nce_loss(p: torch.Tensor, n_data: int) -> torch.Tensor:
 class ContrastMemory(nn.Module):
     """One student and one teacher embedding per training example, and the NCE constants Z.
 
-    `labels` (the training split's): negatives from other classes; None: from all other examples."""
+    `labels` (the training split's): negatives from other classes; None: from all other examples.
+    Several processes (DDP): every process updates its banks with every process's rows, so the banks stay
+    equal without being broadcast each step (`synchronised_by_method`)."""
+
+    synchronised_by_method = True
 
     def __init__(self, dim: int, size: int, k: int, temperature: float, momentum: float,
                  labels: torch.Tensor | None = None):
@@ -101,12 +106,15 @@ class ContrastMemory(nn.Module):
         e_t = torch.exp(torch.bmm(self.student_bank[rows], v_t[:, :, None]).squeeze(2) / self.temperature)
         if not self._z_checked:
             if self.z[0] < 0:
-                self.z.copy_(torch.stack([e_s.detach().mean() * n, e_t.detach().mean() * n]))
+                world = distributed.world_size()  # several processes: the mean over all their first batches
+                z = torch.stack([e_s.detach().mean() * n, e_t.detach().mean() * n])
+                self.z.copy_(distributed.sum_over_processes(z) / world)
                 log.info("crd: NCE normalisation constants Z set to %.1f (student anchors), %.1f (teacher anchors).",
                          *self.z.tolist())
             self._z_checked = True
-        self.update(self.student_bank, v_s, index)
-        self.update(self.teacher_bank, v_t, index)
+        everyone = distributed.gather_rows(index)
+        self.update(self.student_bank, distributed.gather_rows(v_s.detach()), everyone)
+        self.update(self.teacher_bank, distributed.gather_rows(v_t.detach()), everyone)
         return e_s / self.z[0], e_t / self.z[1]
 
     @torch.no_grad()

@@ -4,7 +4,7 @@ A constructor takes the dataset's shape (`num_classes`, `in_channels`, `image_si
 its own keyword arguments; those with defaults become the config keys of the model (e.g.
 `teacher.dropout`). A config node with `_target_` builds a user's own model class instead, with the
 same shape arguments. One file per family: mlp, wrn, resnet, resnet_imagenet, vgg, mobilenetv2, shufflenet, plain,
-maxout, nin, densenet.
+maxout, nin, densenet, torchvision_models (torchvision's ImageNet models, `tv_*`).
 Architectures, initialisation and state_dict keys follow RepDistiller (TAKD for the plain CNNs), so
 their checkpoints load; fixed-size pools became adaptive so MNIST's 28x28 works too.
 
@@ -36,12 +36,13 @@ from omegaconf import DictConfig, OmegaConf
 from kdrun.data.base import DataInfo
 from kdrun.errors import UserError
 from kdrun.models import (  # noqa: F401  (importing a family registers its names)
-    args, densenet, maxout, mlp, mobilenetv2, nin, plain, resnet, resnet_imagenet, shufflenet, vgg, wrn)
+    args, densenet, maxout, mlp, mobilenetv2, nin, plain, resnet, resnet_imagenet, shufflenet, torchvision_models, vgg,
+    wrn)
 from kdrun.models.registry import MODELS
 from kdrun.registry import call_with_supported, locate
 
 SHAPE_ARGS = ("num_classes", "in_channels", "image_size")
-NODE_KEYS = ("name", "checkpoint", "train", "seed", "epoch", "_target_")  # config keys that are not constructor arguments
+NODE_KEYS = ("name", "checkpoint", "pretrained", "train", "seed", "epoch", "_target_")  # config keys that are not constructor arguments
 
 
 def model_defaults(name: str) -> dict:

@@ -30,17 +30,22 @@ from kdrun.training.speed import RUNTIME_KEYS  # a recipe's speed keys
 
 KEPT_KEYS = ("keep_epochs", "keep_every")  # teacher.train's: which epochs the cache keeps, not what is trained
 
-NOT_IN_IDENTITY = ("progress", "cache_dir", "device", "per_pair")  # keys that do not change what a run computes
-# (per_pair acts only through the method keys that read it, which are in the identity resolved)
-# Keys added after runs were made (logit standardisation, ESKD; ban's ensemble_teacher; fsp's projection): left out of the identity at
-# their default, wherever a node holds them (method, schedule.kd_loss, schedule), so the runs made before keep theirs.
-KEYS_ADDED = {"logit_stand": False, "stop_epoch": None, "ensemble_teacher": False, "projection": "none"}
+NOT_IN_IDENTITY = ("progress", "cache_dir", "device", "per_pair", "logger")  # keys that do not change what a run
+# computes (per_pair acts only through the method keys that read it, which are in the identity resolved; logger
+# only records what the run computes)
+# Keys added after runs were made (logit standardisation, ESKD; ban's ensemble_teacher; fsp's projection; DDP's
+# sync_bn, null in a stage's recipe delta; data_seed): left out of the identity at their default, wherever a node
+# holds them (method, schedule.kd_loss, schedule, recipes), so the runs made before keep theirs.
+KEYS_ADDED = {"logit_stand": False, "stop_epoch": None, "ensemble_teacher": False, "projection": "none",
+              "sync_bn": (False, None), "data_seed": None}
 
 
 def at_default_added_later(key: str, value: Any) -> bool:
     if key not in KEYS_ADDED:
         return False
     default = KEYS_ADDED[key]
+    if isinstance(default, tuple):
+        return any(value is d for d in default)
     return value is default or (isinstance(value, Enum) and value.value == default) or \
         (isinstance(default, str) and value == default)
 CONFIG_DIR = ".hydra"  # config.yaml, hydra.yaml, overrides.yaml: written by kdrun (hydra.output_subdir is null)
@@ -64,10 +69,15 @@ def identity_part(config: dict) -> dict:
 
     config = {**config, "dataset": identity_of(config["dataset"])} if isinstance(config.get("dataset"), dict) else config
     teacher = config.get("teacher")
-    if isinstance(teacher, dict) and teacher.get("epoch", 0) is None:  # the key's default, added later: left out
-        config = {**config, "teacher": {k: v for k, v in teacher.items() if k != "epoch"}}
+    if isinstance(teacher, dict):  # teacher.epoch, teacher.pretrained: added later, left out at their default (null)
+        config = {**config, "teacher": {k: v for k, v in teacher.items()
+                                        if not (k in ("epoch", "pretrained") and v is None)}}
     if isinstance(config.get("eval"), dict) and all(v is None for v in config["eval"].values()):
         config = {k: v for k, v in config.items() if k != "eval"}  # added later: left out at its defaults (null)
+    schedule = config.get("schedule")
+    if isinstance(schedule, dict) and schedule.get("strategy") == "equal":  # rco's, added later: the greedy
+        config = {**config, "schedule": {k: v for k, v in schedule.items()  # search's keys change nothing then
+                                         if k not in ("strategy", "greedy")}}
     return strip({k: v for k, v in config.items() if k not in NOT_IN_IDENTITY})
 
 

@@ -1,7 +1,7 @@
 """`kdrun-report DIR [DIR...]`: one row per configuration of the runs found below the directories.
 
 Prints the table (and `--pivot ROW COL` grids), writes summary.csv and summary.md into every DIR,
-and with `--plot` PNG figures next to them.
+with `--plot` PNG figures next to them, and with `--html` report.html, the whole report in one page.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from kdrun.results.tables import Summary, relative
 
 def summarise(dirs: Sequence[Path], pivot_keys: Optional[Sequence[str]] = None, plot: bool = False,
               metric: str = "test_acc", paper: Optional[str] = None,
-              select: str = "last") -> tuple[Summary, list[Path]]:
+              select: str = "last", html: bool = False) -> tuple[Summary, list[Path]]:
     """Print the summary of every run below `dirs` and write its files into each of them. `select`: which
     epoch's test accuracy the tables, grids and paper rows show (last, best, best_val)."""
     dirs = [Path(d) for d in dirs]
@@ -65,6 +65,10 @@ def summarise(dirs: Sequence[Path], pivot_keys: Optional[Sequence[str]] = None, 
                 shutil.copyfile(f, d / f.name)
                 written.append(d / f.name)
         written += figures
+    if html:
+        from kdrun.results.html import write_html
+
+        written += write_html(summary, dirs, grids, metric, comparison, {d: warnings(summary, d) for d in dirs})
     return summary, written
 
 
@@ -85,12 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Summarise kdrun runs: one row per configuration (runs that differ only by seed are "
                     "pooled: mean ± sample std), failed and unfinished runs listed. Writes summary.csv and "
                     "summary.md into each DIR.",
-        epilog="Example: kdrun-report outputs/multirun/2024-05-01/12-00-00 --pivot method.T method.alpha --plot")
+        epilog="Example: kdrun-report outputs/multirun/2024-05-01/12-00-00 --pivot method.T method.alpha --plot "
+               "--html")
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="directories searched (recursively) for runs")
     parser.add_argument("--pivot", nargs=2, metavar=("ROW", "COL"),
                         help="also print a grid of ROW values by COL values (config keys, e.g. method.T method.alpha)")
     parser.add_argument("--plot", action="store_true",
                         help="write PNG figures: the pivot as a heatmap, test accuracy per epoch (needs matplotlib)")
+    parser.add_argument("--html", action="store_true",
+                        help="write report.html into each DIR: the tables, heatmaps, learning curves, --paper and "
+                             "the failed runs in one self-contained page (its plots need matplotlib)")
     parser.add_argument("--metric", choices=METRICS, default="test_acc",
                         help="the number shown in the pivot grid and heatmap (default test_acc; --select "
                              "chooses which epoch's test_acc)")
@@ -108,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        _, written = summarise(args.dirs, args.pivot, args.plot, args.metric, args.paper, args.select)
+        _, written = summarise(args.dirs, args.pivot, args.plot, args.metric, args.paper, args.select, args.html)
     except UserError as e:
         sys.stderr.write(f"kdrun-report: {e}\n")
         sys.exit(2)

@@ -20,7 +20,7 @@ NOT_STARTED = "not started"  # a job directory with Hydra's config but no metric
 
 # Keys that do not change what a run computes (kdrun.results.identity.NOT_IN_IDENTITY), plus the seed:
 # runs that differ only in these belong to one configuration.
-NOT_IN_CONFIGURATION = ("seed", "progress", "cache_dir", "device", "per_pair")
+NOT_IN_CONFIGURATION = ("seed", "progress", "cache_dir", "device", "per_pair", "logger")
 
 
 def outside_configuration(key: str) -> bool:

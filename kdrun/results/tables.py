@@ -17,6 +17,7 @@ from kdrun.results.selection import KEYS, LABELS, NO_VALIDATION, describe, why_m
 
 CONFIG_COLUMN = "configuration"  # shown instead of keys when all runs share one configuration
 METRIC_LABELS = {"test_acc": "test acc (%)", "val_acc": "val acc (%)", "teacher_test_acc": "teacher acc (%)",
+                 "teacher_published_acc": "teacher published (%)",
                  "ensemble_test_acc": "ensemble acc (%)", "test_acc_bias_shifted": "test acc, bias shifted (%)",
                  "test_acc_bias_best": "test acc, best bias shift (%)"}
 

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING
 
 from kdrun.methods.kd import KDConfig
+from kdrun.schema.choice import Choice
 from kdrun.training.recipe import RecipeDelta
 
 
@@ -54,11 +55,26 @@ class BANSchedule(ScheduleConfig):
     ensemble_teacher: bool = False  # the run's teacher is the ensemble's last member (BAN's DenseNet-80-120 Ens*3)
 
 
+class AnchorStrategy(Choice):
+    equal = "equal"  # every anchor of interval / anchors in turn (the paper's equal epoch interval strategy)
+    greedy = "greedy"  # those of them the greedy search picks (kdrun.schedules.greedy)
+
+
+@dataclass
+class GreedySearch:
+    """schedule.strategy=greedy: how hard a next anchor may be for the student (kdrun.schedules.greedy)."""
+    delta: float = 1.0  # the most KL(teacher || student) (nats, mean over the probe examples) the route takes on
+    T: float = 1.0  # the temperature of both softmax outputs in that KL
+    probe_size: int = 1000  # the first N examples of the training split it is measured on
+
+
 @dataclass
 class RCOSchedule(ScheduleConfig):
     interval: int = 60  # teacher epochs between anchors: the equal epoch interval strategy
     anchors: Optional[List[int]] = None  # the anchors' teacher epochs instead, ascending (null: by interval)
     anchor: RecipeDelta = field(default_factory=RecipeDelta)
+    strategy: AnchorStrategy = AnchorStrategy.equal  # greedy: the anchors above are the candidates it picks from
+    greedy: GreedySearch = field(default_factory=GreedySearch)
 
 
 SCHEMAS = {"single": ScheduleConfig, "init_then_train": InitThenTrainSchedule, "repdistiller": RepDistillerSchedule,

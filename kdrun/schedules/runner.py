@@ -22,10 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdrun.console import plural
 from kdrun.data.base import Dataset
+from kdrun.data.randaugment import StrongView
 from kdrun.errors import UserError
 from kdrun.methods import method_class
 from kdrun.methods.base import Distiller
 from kdrun.models import build_model, model_defaults, model_label
+from kdrun.schedules.greedy import check_greedy, route_of
 from kdrun.schedules.spec import Stage
 from kdrun.models.probe import require_input_size
 from kdrun.training.checkpoint import save_torch
@@ -142,12 +144,15 @@ class ScheduleRunner:
         cannot take the dataset's images, what a method finds wrong (a feature path that does not
         exist, a memory bank larger than the data), a last batch of one example that batch norm cannot
         train on: each stops the run before the teacher or any stage trains."""
+        check_greedy(self.cfg, stages)  # schedule.strategy=greedy's keys
         info, device = self.data.info, self.data.device
         if self.teacher is not None:
             require_input_size(self.teacher, lambda sized: build_teacher(self.cfg, sized), info,
                                f"teacher={teacher_label(self.cfg)}", device, zoo=not self.cfg.teacher.get("_target_"))
-            if not self.cfg.teacher.get("checkpoint"):  # trained here (or reused: the same config either way)
+            # trained here (or reused: the same config either way), not given by a file or a published source
+            if not (self.cfg.teacher.get("checkpoint") or self.cfg.teacher.get("pretrained")):
                 recipe = TeacherRecipe.from_config(self.cfg.teacher.train, "teacher.train")
+                recipe.data_for(self.teacher_data)  # an augmentation the dataset cannot take: refused now
                 if has_lone_batch(len(self.teacher_data.train), recipe.batch_size):
                     trainer = method_class("ce")(build_teacher(self.cfg, info).to(device), None,
                                                  OmegaConf.create({"name": "ce"}), info)
@@ -181,8 +186,16 @@ class ScheduleRunner:
                 distiller = method_cls(model, teacher, stage.method_cfg, info).to(device)
                 distiller.remove_hooks()  # until its stage: the hooks of one method at a time
             self.prepared[stage.name] = (built, distiller)
+            self.check_data(stage, distiller)
             self.check_lone_batch(stage, model, distiller)
             previous = model
+
+    def check_data(self, stage: Stage, distiller: Distiller) -> None:
+        """What the stage asks of the data that the dataset cannot give (a recipe's own augmentation, a
+        strong view of images read from disk), refused now as the stage would refuse it."""
+        data = stage.train_recipe.data_for(self.data)
+        if distiller.strong_view and stage.phase == "main":
+            StrongView(data, method=str(stage.method_cfg.name))
 
     def check_lone_batch(self, stage: Stage, model: nn.Module, distiller: Distiller) -> None:
         """One training step on a batch of one example, on the stage's own (untrained) method: its state
@@ -203,7 +216,7 @@ class ScheduleRunner:
 
     def run(self, stages: list[Stage]) -> list[StageOutcome]:
         outcomes: list[StageOutcome] = []
-        for stage in stages:
+        for stage in route_of(self, stages):  # all of them, or those a greedy route picks as it goes
             outcome = self.run_stage(stage, outcomes[-1] if outcomes else None)
             outcomes.append(outcome)
             self.instances[stage.model] = (outcome.model, outcome.key)
@@ -304,7 +317,7 @@ class ScheduleRunner:
             result = fit(distiller, self.data, stage.train_recipe, stage=stage.name, seed=self.seed,
                          checkpoint=self.checkpoint(stage), progress=self.progress, on_epoch=self.on_epoch,
                          parameters=parameters, stamp={"config_id": self.identity, "stage_key": key},
-                         phase=stage.phase)
+                         phase=stage.phase, data_seed=self.cfg.get("data_seed"))
         finally:
             if held is not None:
                 held.remove()

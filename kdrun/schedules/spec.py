@@ -207,9 +207,13 @@ def check_teacher_epoch(cfg: DictConfig, stage: Stage, where: str) -> None:
     require(not cfg.teacher.get("checkpoint"),
             f"{where} distils from the teacher's weights of epoch {stage.teacher_epoch}, which kdrun keeps when it "
             f"trains the teacher; teacher.checkpoint gives only final weights. Set teacher.checkpoint=null.")
+    require(not cfg.teacher.get("pretrained"),
+            f"{where} distils from the teacher's weights of epoch {stage.teacher_epoch}, which kdrun keeps when it "
+            f"trains the teacher; teacher.pretrained={cfg.teacher.get('pretrained')} gives only published weights. "
+            f"Set teacher.pretrained=null.")
     require(not (cfg.method.get("teachers") or []),
             f"{where} distils from the teacher's weights of epoch {stage.teacher_epoch}: one teacher's route, "
-            f"not an ensemble's (method.teachers={list(cfg.method.teachers)}).")
+            f"not an ensemble's (method.teachers={list(cfg.method.get('teachers') or [])}).")
     epochs = int(cfg.teacher.train.epochs)
     require(stage.teacher_epoch <= epochs, f"{where}.teacher_epoch={stage.teacher_epoch}: the teacher trains "
                                            f"for teacher.train.epochs={epochs} epochs.")

@@ -82,6 +82,14 @@ def _override_of(error: BaseException) -> Optional[str]:
 def not_a_group(parent: str, key: str, value: str) -> str:
     """`key` set below `parent`, which is null: the node is set as a whole."""
     leaf = key[len(parent) + 1:]
+    if parent == "logger":  # a config group, null until a tracker is chosen
+        from hydra.core.config_store import ConfigStore
+
+        trackers = sorted(n.removesuffix(".yaml") for n in ConfigStore.instance().list("schema/logger"))
+        name = leaf.split(".")[0]
+        choose = f"logger={name} {key}={value}" if name in trackers else f"logger=NAME ({', '.join(trackers)})"
+        return (f"logger is null (no tracker is chosen), so {key} cannot be set on its own: choose the tracker "
+                f"too, {choose}.")
     return (f"{parent} is null, not a group of keys, so {key} cannot be set on its own: set {parent} as a whole, "
             f"e.g. {parent}='{{{leaf}: {value}}}'.")
 
@@ -139,7 +147,8 @@ def unknown_key(key: str, parent: str, valid: list) -> str:
         else "`kdrun --cfg job` prints"
     message = (f"{key} is not a key of this config ({parent or 'the top level'} has: {listed}).{hint} "
                f"Check its spelling; {printed} every key.")
-    if parent in ADDED_WITH_PLUS:
+    if parent in ADDED_WITH_PLUS and not (parent == "dataset.augment" and "crop_scale" in valid):
+        # (the image-folder datasets list every augmentation key they take: kdrun.data.folder_config)
         message += f" {ADDED_WITH_PLUS[parent]} is added with +: +{key}=VALUE."
     if parent == "hydra.launcher" and not close:
         others = [name for name, keys in launcher_keys().items() if parts[depth] in keys]

@@ -15,3 +15,10 @@ class LocalGpusConf:
     jobs_per_device: int = 1
     cpu_jobs: int = 2
     poll_s: float = 0.2
+
+
+@dataclass
+class PackedConf:
+    """hydra/launcher=packed (conf/hydra/launcher/packed.yaml says what each key does)."""
+    _target_: str = "hydra_plugins.kdrun_launchers.packed.PackedLauncher"
+    max_members: Optional[int] = None

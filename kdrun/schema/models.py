@@ -62,8 +62,9 @@ def teacher_recipe() -> TeacherRecipe:
                   compile="${train.compile}")
 
 
-TEACHER_KEYS = ("checkpoint", "seed", "epoch", "train")  # a teacher's own keys (own_teacher), beside its model's
-TEACHER_TYPES = {"checkpoint": Optional[str], "seed": Optional[int], "epoch": Optional[int]}
+TEACHER_KEYS = ("checkpoint", "pretrained", "seed", "epoch", "train")  # a teacher's own keys (own_teacher), beside its model's
+TEACHER_TYPES = {"checkpoint": Optional[str], "pretrained": Optional[str], "seed": Optional[int],
+                 "epoch": Optional[int]}
 
 
 def own_teacher():
@@ -74,6 +75,7 @@ def own_teacher():
     from omegaconf import IntegerNode, OmegaConf, StringNode
 
     return OmegaConf.create({"checkpoint": StringNode(None, is_optional=True),  # a file of trained weights
+                             "pretrained": StringNode(None, is_optional=True),  # a source of published weights
                              "seed": IntegerNode(None, is_optional=True),  # null: the run's seed
                              "epoch": IntegerNode(None, is_optional=True),  # null: the last epoch's weights
                              "train": OmegaConf.structured(teacher_recipe())})

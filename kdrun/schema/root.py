@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import MISSING
 
@@ -39,6 +39,9 @@ class Eval:
 @dataclass
 class Config:
     seed: int = 0
+    # The batch order and augmentation follow data_seed, the student's initialisation and every other random
+    # draw `seed`; null: `seed` (today's runs). A sweep over seed with one data_seed can pack (hydra/launcher=packed).
+    data_seed: Optional[int] = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N (auto takes a GPU when there is one)
     progress: Any = "auto"  # live progress display: auto (on a terminal only) | true | false
     cache_dir: str = "${oc.env:KDRUN_CACHE_DIR,outputs/cache}"  # trained teachers are kept under here
@@ -50,3 +53,4 @@ class Config:
     schedule: Any = MISSING
     per_pair: PerPair = field(default_factory=PerPair)
     eval: Eval = field(default_factory=Eval)  # left out of a run's identity at its defaults
+    logger: Any = None  # experiment trackers, {NAME: keys} (logger=NAME, conf/logger/); not in a run's identity

@@ -16,6 +16,10 @@ from kdrun.errors import UserError
 
 
 def atomic_write(path: Path, write) -> None:
+    from kdrun.distributed import is_main
+
+    if not is_main():  # several processes run one run: rank 0 writes its files
+        return
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,8 @@ from kdrun.data.base import Dataset, Split
 from kdrun.data.randaugment import StrongView
 from kdrun.errors import UserError
 from kdrun.methods.base import Distiller
+from kdrun import packed
+from kdrun import distributed
 from kdrun.training.checkpoint import load_torch, save_torch
 from kdrun.training.progress import StageProgress
 from kdrun.training.recipe import Recipe
@@ -70,12 +72,14 @@ def evaluate(model: nn.Module, data: Dataset, split: Split, batch_size: Optional
     batch_size = batch_size or evaluation_batch_size(data.device)
     was_training = model.training
     model.eval()
+    n = len(split)
+    share = distributed.evaluation_share(n, split.y.device)  # several processes: each scores its share
     correct = torch.zeros((), dtype=torch.long, device=data.device)
-    for _, x, y in data.batches(split, batch_size, shuffle=False):
+    for _, x, y in data.batches(split if share is None else split.take(share), batch_size, shuffle=False):
         with speed.autocast():
             correct += (model(speed.batch(x)).argmax(1) == y).sum()
     model.train(was_training)
-    return round(100.0 * correct.item() / max(len(split), 1), 4)
+    return round(100.0 * distributed.sum_over_processes(correct).item() / max(n, 1), 4)
 
 
 def fit(
@@ -93,6 +97,7 @@ def fit(
     phase: str = "main",
     stop_after: Optional[int] = None,
     after_epoch: Optional[Callable[[int, dict], None]] = None,
+    data_seed: Optional[int] = None,
 ) -> StageResult:
     """Train `parameters` (default: every trainable parameter of the method, student included).
 
@@ -100,14 +105,18 @@ def fit(
     checkpoint, and a checkpoint with another stamp is refused instead of resumed.
     `stop_after`: the last epoch to train now (the recipe's schedule stays that of all its epochs; a later
     call resumes from the checkpoint). `after_epoch(epoch, entry)`: called for each epoch trained in this
-    call (not for those of a resumed history), before its checkpoint is written."""
+    call (not for those of a resumed history), before its checkpoint is written.
+    `data_seed`: what the batch order and augmentation follow (None: `seed`)."""
     stamp = dict(stamp or {})
     params = parameters if parameters is not None else [p for p in distiller.parameters() if p.requires_grad]
     data = recipe.data_for(data)
     speed, teacher_cache = start_stage(distiller, data, recipe)  # before the optimiser: it may change memory formats
+    teacher_cache = packed.teacher_pass(stage, teacher_cache)  # a packed sweep's member: one teacher pass per batch
     optimizer = recipe.make_optimizer(params, distiller)
     scheduler = recipe.make_scheduler(optimizer)
     constrained = constrained_modules(distiller, params)
+    forward = distributed.data_parallel(distiller, data.device, recipe) or distiller.forward_train
+    world = distributed.world_size()
     result = StageResult()
     start = 1
     if checkpoint is not None and checkpoint.exists():
@@ -148,12 +157,17 @@ def fit(
             if recipe.momentum_ramp is not None:  # a function of the epoch alone: resumes exactly
                 set_momentum(optimizer, recipe.momentum_in(epoch))
             lr = optimizer.param_groups[0]["lr"]  # the epoch's lr: the scheduler steps once, at its end
-            strong_gen = strong.generator(epoch_seed(seed, f"{stage}/strong", epoch)) if strong else None
-            for idx, x, y in data.batches(data.train, recipe.batch_size, shuffle=True, seed=seed_e, train=True):
+            data_seed_e = seed_e if data_seed is None else epoch_seed(data_seed, stage, epoch)
+            strong_seed = seed if data_seed is None else data_seed
+            strong_gen = strong.generator(epoch_seed(strong_seed, f"{stage}/strong", epoch)) if strong else None
+            drawn = data.batches(data.train, recipe.batch_size, shuffle=True, seed=data_seed_e, train=True)
+            for idx, x, y in packed.shared_batches(drawn, stage=stage, epoch=epoch, key=data_seed_e):
+                batch = len(y)
+                count, (idx, x, y) = distributed.share(idx, x, y)  # several processes: this one's part
                 views = {"x_strong": speed.batch(strong(idx, strong_gen))} if strong else {}
                 with speed.autocast():
-                    _, losses = distiller.forward_train(speed.batch(x), y, epoch, idx, phase=phase,
-                                                        teacher_cache=teacher_cache, **views)
+                    _, losses = forward(speed.batch(x), y, epoch, idx, phase=phase,
+                                        teacher_cache=teacher_cache, **views)
                 loss = sum(losses.values())
                 step += 1
                 if not losses:
@@ -165,18 +179,25 @@ def fit(
                 bad_step = torch.where(first, step, bad_step)
                 bad_loss = torch.where(first, loss.detach().float(), bad_loss)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                # DDP averages the processes' gradients: weighting each share's mean loss by its size makes
+                # that the gradient of the whole batch's mean, also when the shares differ by one example
+                (loss * (count * world / batch) if world > 1 else loss).backward()
                 optimizer.step()
                 if constrained:
                     constrain(constrained)
-                total += loss.detach() * len(y)
+                total += loss.detach() * count
                 for k, v in losses.items():
-                    terms[k] = terms.get(k, 0) + v.detach() * len(y)
+                    terms[k] = terms.get(k, 0) + v.detach() * count
                 bar.batch_done()
             scheduler.step()
             end_epoch(teacher_cache)
+            if world > 1:
+                total, bad_step = distributed.sum_over_processes(total), distributed.max_over_processes(bad_step)
+                bad_loss = distributed.max_over_processes(bad_loss)
+                terms = {k: distributed.sum_over_processes(v) for k, v in terms.items()}
             train_loss = total.item() / n  # the one host sync of the epoch
-            result.train_seconds += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            result.train_seconds += seconds
             result.train_images += n
             if int(bad_step) or not math.isfinite(train_loss):
                 raise diverged(distiller, recipe, stage, epoch, int(bad_step), float(bad_loss), train_loss, batches)
@@ -201,8 +222,8 @@ def fit(
                 info += f"  val {entry['val_acc']:.2f}%"
             log.info("%s epoch %d/%d: %s", stage, epoch, recipe.epochs, info)
             bar.epoch_done(info)
-            if on_epoch:
-                on_epoch(entry)
+            if on_epoch:  # images/s for the trackers (kdrun.tracking): not in the history, which reruns reproduce
+                on_epoch({**entry, "images_per_s": round(n / seconds, 1)})
     return result
 
 

@@ -58,6 +58,9 @@ class Recipe:
     channels_last: Any = "auto"  # auto | true | false
     compile: bool = False
     cache_teacher: Any = "auto"  # auto | true | false
+    # Several processes (torchrun, SLURM tasks): batch norm over the whole batch, not each process's share
+    # (torch's SyncBatchNorm, GPUs only). One process: no effect.
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         self.milestones = tuple(int(m) for m in self.milestones or ())
@@ -156,6 +159,8 @@ class Recipe:
     def left_out_of_key(self, key: str) -> bool:
         """A key added after teachers were first cached, at its default (or an RMSprop key under SGD): left
         out of `as_dict`, so that recipes that do not use it keep their cache key and find their teachers."""
+        if key == "sync_bn" and not self.sync_bn:
+            return True
         if key in ("rmsprop_decay", "rmsprop_eps") and self.optimizer != "rmsprop":
             return True
         return key in LATER_KEYS and getattr(self, key) == LATER_KEYS[key]

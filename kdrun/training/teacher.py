@@ -22,6 +22,7 @@ from kdrun.console import plural
 from kdrun.data.base import Dataset
 from kdrun.data.config import TRANSFER_KEYS, identity_of
 from kdrun.data.whiten import is_off
+from kdrun import distributed
 from kdrun.errors import UserError
 from kdrun.methods import method_class
 from kdrun.models import build_model, model_label
@@ -35,7 +36,7 @@ CACHE_FORMAT = 1
 
 def model_identity(model_cfg: DictConfig) -> dict:
     return {k: v for k, v in OmegaConf.to_container(model_cfg, resolve=True).items()
-            if k not in ("checkpoint", "train", "seed", "epoch")}
+            if k not in ("checkpoint", "pretrained", "train", "seed", "epoch")}
 
 
 def dataset_identity(dataset_cfg: DictConfig, teacher: bool = False) -> dict:
@@ -75,6 +76,11 @@ def cache_path(cache_dir: Path, model_cfg: DictConfig, dataset_cfg: DictConfig, 
 
 @contextlib.contextmanager
 def file_lock(path: Path):
+    """Concurrent runs that need the same model train it once. In a run of several processes rank 0 holds the
+    lock for all of them: they train the model together (waiting for the lock, the others would stall it)."""
+    if not distributed.is_main():
+        yield
+        return
     try:  # checked before the run (kdrun.callbacks), but the disk may have changed since
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path.with_suffix(".lock"), "w")
@@ -191,10 +197,15 @@ def train_teacher(cfg: DictConfig, data: Dataset, recipe: Recipe, seed: int, pro
 
 def obtain_teacher(cfg: DictConfig, teacher: nn.Module, data: Dataset, progress: bool,
                    epochs: Iterable[int] = ()) -> tuple[float, str]:
-    """Fill `teacher` with trained weights: its last epoch's, or `teacher.epoch`'s. `epochs`: epochs whose
+    """Fill `teacher` with trained weights: its last epoch's, or `teacher.epoch`'s (or `teacher.checkpoint`'s,
+    or the published ones of `teacher.pretrained`). `epochs`: epochs whose
     weights the run needs besides (schedule=rco's anchors), kept in the cache with `teacher.train.keep_*`'s.
     Returns its test accuracy and where it came from."""
     label = model_label(cfg.teacher)
+    if cfg.teacher.get("pretrained"):
+        from kdrun.training.pretrained import obtain_pretrained  # which imports this module
+
+        return obtain_pretrained(cfg, teacher, data)
     if cfg.teacher.get("checkpoint"):
         path = Path(str(cfg.teacher.checkpoint)).expanduser()
         load_weights(teacher, path, label)

@@ -18,6 +18,7 @@ import torch
 
 from kdrun.data.base import Dataset
 from kdrun.errors import UserError
+from kdrun import distributed
 
 log = logging.getLogger("kdrun")
 BUDGET_FRACTION = 0.25
@@ -63,7 +64,8 @@ class TeacherOutputs:
 
 
 def probe_teacher(distiller, data: Dataset, speed, size: int):
-    sample = speed.batch(data.prepare(data.train.x[:size], train=False))
+    _, x, _ = next(data.batches(data.train, size, shuffle=False))  # the first `size` examples, not augmented
+    sample = speed.batch(x)
     with speed.autocast():
         return distiller.teacher_forward(sample)
 
@@ -78,13 +80,19 @@ def teacher_output_cache(distiller, data: Dataset, setting: Optional[bool], spee
     """A cache for this stage, or None (no teacher, switched off, augmented data, over budget)."""
     if setting is False or not distiller.uses_teacher or distiller.teacher is None:
         return None
+    if distributed.active():  # each process sees other examples every epoch: none would have them all
+        if setting:
+            raise UserError("train.cache_teacher=true, but this run is split over several processes, each of "
+                            "which sees other examples of the training split every epoch, so none could reuse "
+                            "the teacher's outputs. Use train.cache_teacher=auto (or false).")
+        return None
     if distiller.input_gradients:  # the teacher's input gradient, every step
         if setting:
             raise UserError(f"train.cache_teacher=true, but method {distiller.cfg.name} takes the teacher's "
                             f"gradient with respect to each batch's input, so the teacher runs every step. Use "
                             f"train.cache_teacher=auto (or false).")
         return None
-    if data.augment is not None and bool(data.augment):
+    if data.augmented:
         if setting:
             raise UserError("train.cache_teacher=true, but the training data is augmented, so the teacher "
                             "sees another view of each example every epoch and its outputs cannot be reused. "

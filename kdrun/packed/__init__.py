@@ -1,0 +1,38 @@
+"""Packed sweeps (`hydra/launcher=packed`): the jobs of a sweep that can share work run in one process,
+one thread per job, taking turns at batch boundaries (`kdrun.packed.group`). Each member runs kdrun's
+normal code path; the training loop asks this module for its batches and its teacher outputs, which a
+member of a group shares with the others, and which are the loop's own outside a group.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+from kdrun.packed.group import TEACHER_STAGE, current
+
+
+def shared_batches(batches: Iterator, *, stage: str, epoch: int, key: int) -> Iterator:
+    """The training batches of (stage, epoch): `batches` alone; in a packed group, the batch the first
+    member prepared for the same (key, position), and the member's turn to compute in between."""
+    member = current()
+    if member is None or stage == TEACHER_STAGE:  # the teacher trains within one turn (it holds the cache's lock)
+        return batches
+    return member.group.batches(member, batches, epoch, key)
+
+
+def teacher_pass(stage: str, cache) -> Optional[object]:
+    """The stage's teacher-output cache: `cache` alone; in a packed group, one teacher pass per batch for
+    every member (which keeps `cache`, its own, behind it)."""
+    member = current()
+    if member is None or stage == TEACHER_STAGE:
+        return cache
+    from kdrun.packed.teacher import SharedTeacherPass
+
+    return SharedTeacherPass(member, cache)
+
+
+def this_thread():
+    """A logging filter that keeps the records of the calling thread (a member's log file its own lines)."""
+    import threading
+
+    ident = threading.get_ident()
+    return lambda record: record.thread == ident

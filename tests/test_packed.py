@@ -1,0 +1,164 @@
+"""Packed sweeps (hydra/launcher=packed): each member's result equals, bit for bit, the same job run alone;
+failures stay with their member; a killed group resumes; the launcher logs its groups."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import QUICK, REPO, read_json
+from inprocess import kdrun_in_process, one_cpu_thread  # noqa: F401  (fixture: tiny models on one thread)
+from kdrun.packed.grouping import plan_groups
+
+# Augmented (crop + flip), two epochs, dropout in the student: the batches, their views and the dropout
+# masks all have to be each member's own.
+BASE = QUICK + ["train.epochs=2", "train.batch_size=16", "train.precision=fp32", "student.dropout=0.2",
+                "dataset.augment={crop_padding:2,flip:true}"]
+
+
+def sweep(args, tmp_path, monkeypatch, capsys, name, packed: bool):
+    out = tmp_path / name
+    launcher = ["hydra/launcher=packed"] if packed else []
+    code, text = kdrun_in_process(["-m", *launcher, *BASE, *args, f"hydra.sweep.dir={out}"], tmp_path, monkeypatch,
+                                  capsys)
+    return code, text, out
+
+
+def jobs(out: Path) -> dict[str, dict]:
+    return {p.name: read_json(p / "metrics.json") for p in sorted(out.iterdir()) if (p / "metrics.json").is_file()}
+
+
+def assert_same_runs(alone: Path, packed: Path) -> None:
+    a, b = jobs(alone), jobs(packed)
+    assert a.keys() == b.keys() and a
+    for name in a:
+        assert a[name]["status"] == b[name]["status"], name
+        if a[name]["status"] != "completed":
+            continue
+        assert [(e["test_acc"], e["train_loss"], e["losses"]) for e in a[name]["history"]] == \
+            [(e["test_acc"], e["train_loss"], e["losses"]) for e in b[name]["history"]], name
+        assert a[name]["test_acc"] == b[name]["test_acc"]
+        wa, wb = torch.load(alone / name / "student.pt"), torch.load(packed / name / "student.pt")
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), name
+
+
+@pytest.mark.parametrize("args", [
+    ["method=kd", "method.T=1,4"],
+    pytest.param(["method=kd", "method.T=1,4", "method.alpha=0.5,0.9"], marks=pytest.mark.slow),
+    ["method=dkd", "method.beta=1,4"],
+    # CRD: per-member negatives (the global generator) and the teacher's embedding read through a hook
+    ["method=crd", "method.nce_k=8", "method.feat_dim=8", "method.beta=0.5,0.8"],
+], ids=["kd", "kd_grid", "dkd", "crd"])
+def test_packed_members_equal_their_runs_alone(args, tmp_path, monkeypatch, capsys):
+    code, _, alone = sweep(args, tmp_path, monkeypatch, capsys, "alone", packed=False)
+    assert code == 0
+    code, text, packed = sweep(args, tmp_path, monkeypatch, capsys, "packed", packed=True)
+    assert code == 0, text
+    assert "packed together: #0, #1" in text
+    assert_same_runs(alone, packed)
+    own, other = (packed / "1" / "kdrun.log").read_text(), str(packed / "0")
+    assert "Run directory" in own and other not in own  # each member's log holds its own lines
+
+
+@pytest.mark.slow
+def test_a_sweep_of_shareable_and_unshareable_jobs(tmp_path, monkeypatch, capsys):
+    """Two students (two groups) and a method with input gradients (alone), as when run one by one."""
+    args = ["method=kd,grad_at", "student.hidden=[16],[12]", "method.T=1,4"]
+    code, _, alone = sweep(args, tmp_path, monkeypatch, capsys, "alone", packed=False)
+    assert code == 0
+    code, text, packed = sweep(args, tmp_path, monkeypatch, capsys, "packed", packed=True)
+    assert code == 0, text
+    assert "Launching 8 jobs packed: 2 group(s), 4 job(s) alone" in text
+    # student.hidden (from QUICK) varies slowest, then the method, then T
+    assert "packed together: #0, #1" in text and "packed together: #4, #5" in text
+    assert "#2 alone: method=grad_at takes gradients with respect to the input" in text
+    assert_same_runs(alone, packed)
+
+
+def test_a_member_that_diverges_fails_alone(tmp_path, monkeypatch, capsys):
+    code, text, out = sweep(["train.lr=0.05,1e30", "method.T=4"], tmp_path, monkeypatch, capsys, "packed",
+                            packed=True)
+    assert code == 1  # a job of the sweep failed
+    assert "packed together: #0, #1" in text
+    ok, bad = read_json(out / "0" / "metrics.json"), read_json(out / "1" / "metrics.json")
+    assert ok["status"] == "completed" and len(ok["history"]) == 2
+    assert bad["status"] == "failed" and "Lower the learning rate" in bad["error"]
+    assert f"at step {bad['diverged']['step']} of 4 in epoch 1" in bad["error"], bad["error"]
+    assert "diverged" in bad
+
+
+def test_why_jobs_run_alone():
+    def cfg(**changes):
+        base = {"seed": 0, "data_seed": None, "device": "cpu", "dataset": {"name": "synthetic", "augment": None},
+                "teacher": {"name": "mlp", "epoch": None, "seed": None}, "student": {"name": "mlp", "hidden": [16]},
+                "train": {"batch_size": 16, "epochs": 2}, "method": {"name": "kd"},
+                "schedule": {"name": "single", "stages": [{"name": "kd"}]}}
+        return {**base, **changes}
+
+    groups, alone = plan_groups({
+        0: cfg(), 1: cfg(method={"name": "dkd"}),
+        2: cfg(seed=1), 3: cfg(seed=2, data_seed=0, teacher={"name": "mlp", "epoch": None, "seed": 0}),
+        4: cfg(student={"name": "mlp", "hidden": [8]}),
+        5: cfg(schedule={"name": "fitnet", "stages": [{"name": "hint"}, {"name": "kd"}]}),
+        6: cfg(teacher={"name": "mlp", "epoch": 3, "seed": None}),
+    })
+    # seed=2 data_seed=0 teacher.seed=0 shares the data and the teacher of seed=0
+    assert groups == [[0, 1, 3]]
+    assert alone[2] == ("no other job has its data seed (data_seed, or seed when it is null), "
+                        "teacher (its config and seed)")
+    assert alone[4] == "no other job has its student"
+    assert alone[5] == "schedule=fitnet is not a single stage"
+    assert alone[6] == "teacher.epoch picks one of the teacher's earlier epochs"
+    assert plan_groups({0: cfg(), 1: cfg(), 2: cfg()}, max_members=2) == \
+        ([[0, 1]], {2: "the last of its group after hydra.launcher.max_members=2"})
+
+
+@pytest.mark.slow
+def test_a_killed_group_resumes_to_the_same_results(tmp_path, monkeypatch, capsys):
+    """SIGKILL while the members train (one has finished an epoch), rerun: every member resumes after its last
+    completed epoch and ends where the same jobs end run alone."""
+    args = [*BASE, "dataset.train_size=768", "train.epochs=4", "method.T=1,4", "method.alpha=0.5,0.9"]
+    out = tmp_path / "packed"
+    command = [sys.executable, "-m", "kdrun", "-m", "hydra/launcher=packed", *args, f"hydra.sweep.dir={out}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None and not any(
+            len(_history(p)) >= 1 for p in out.glob("*/metrics.json")):
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    done = [len(_history(p)) for p in sorted(out.glob("*/metrics.json"))]
+    assert done and max(done) >= 1 and min(done) < 4, done  # killed mid-sweep, after an epoch
+    rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming from" in (out / "1" / "kdrun.log").read_text() + (out / "0" / "kdrun.log").read_text()
+    code, _ = kdrun_in_process(["-m", *args, f"hydra.sweep.dir={tmp_path / 'alone'}"], tmp_path, monkeypatch, capsys)
+    assert code == 0
+    assert_same_runs(tmp_path / "alone", out)
+
+
+def _history(path: Path) -> list:
+    try:
+        return json.loads(path.read_text()).get("history") or []
+    except (OSError, ValueError):
+        return []
+
+
+def test_a_seed_sweep_with_one_data_seed_packs(tmp_path, monkeypatch, capsys):
+    """seed=0,1 data_seed=0 teacher.seed=0: one group (same batches, same teacher), each seed its own student."""
+    args = ["seed=0,1", "data_seed=0", "teacher.seed=0"]
+    code, _, alone = sweep(args, tmp_path, monkeypatch, capsys, "alone", packed=False)
+    assert code == 0
+    code, text, packed = sweep(args, tmp_path, monkeypatch, capsys, "packed", packed=True)
+    assert code == 0, text
+    assert "packed together: #0, #1" in text
+    assert_same_runs(alone, packed)
+    w0, w1 = (torch.load(packed / n / "student.pt") for n in ("0", "1"))
+    assert not all(torch.equal(w0[k], w1[k]) for k in w0)  # the student's initialisation follows seed
