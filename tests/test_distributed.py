@@ -165,3 +165,22 @@ def test_methods_and_schedules_run_under_ddp(tmp_path, method):
     run(torchrun(*SMALL, *method, f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"), tmp_path)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["test_acc"] is not None
+
+
+def test_slurm_tasks_make_one_run(monkeypatch):
+    """submitit starts one task per GPU with srun: SLURM's variables give each its rank and the rendezvous."""
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(key, "")  # recorded, so that what _env_from_slurm sets is undone after the test
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_JOB_ID", "123456")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[07-08]")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    assert distributed.slurm_tasks() == 1  # a batch script's own shell (no srun step): one process
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "8")
+    assert distributed.slurm_tasks() == 8
+    monkeypatch.setitem(sys.modules, "submitit", None)  # without submitit: the node list
+    distributed._env_from_slurm()
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("5", "8", "1")
+    assert os.environ["MASTER_ADDR"] == "gpu07" and os.environ["MASTER_PORT"] == str(20000 + 123456 % 20000)

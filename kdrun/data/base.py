@@ -11,6 +11,8 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
+from kdrun import distributed
+
 Augment = Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tensor]  # raw batch -> raw batch
 
 
@@ -109,6 +111,16 @@ class Dataset:
             idx = order[start : start + batch_size]
             # index_select copies whole rows: much faster than x[idx] on a uint8 N x C x H x W tensor
             yield idx, self.prepare(split.x.index_select(0, idx), train, aug_gen), split.y.index_select(0, idx)
+
+    def train_batches(self, split: Split, batch_size: int, seed: int
+                      ) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The training batches of `seed`'s order as this process trains on them: (examples in the whole batch,
+        examples of this process, index, x, y). One process: the whole batch. Several (DDP): its contiguous share,
+        cut from the whole augmented batch, so that the batch is the one a single process would see."""
+        for idx, x, y in self.batches(split, batch_size, shuffle=True, seed=seed, train=True):
+            batch = len(y)
+            count, (idx, x, y) = distributed.share(idx, x, y)
+            yield batch, count, idx, x, y
 
     def num_batches(self, split: Split, batch_size: int) -> int:
         return -(-len(split) // batch_size)

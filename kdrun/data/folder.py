@@ -18,6 +18,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
+from kdrun import distributed
 from kdrun.data.base import DataInfo, Dataset
 from kdrun.data.images import ImagePipeline, example_seed
 from kdrun.errors import UserError
@@ -71,18 +72,18 @@ class ImageReader(torch.utils.data.Dataset):
 
 
 class PassBatches:
-    """The batch sampler of one loader: the keys (position, seed) of the current pass, cut every
-    `batch_size`. Set before each pass, in the main process (persistent workers keep their reader)."""
+    """The batch sampler of one loader: the keys (position, seed) of the current pass, one batch per chunk of
+    positions. Set before each pass, in the main process (persistent workers keep their reader)."""
 
     def __init__(self):
-        self.order, self.batch_size, self.seed = torch.arange(0), 1, 0
+        self.chunks, self.seed = [], 0
 
     def __iter__(self):
-        for chunk in self.order.split(self.batch_size):
+        for chunk in self.chunks:
             yield [(i, self.seed) for i in chunk.tolist()]
 
     def __len__(self) -> int:
-        return -(-len(self.order) // self.batch_size)
+        return len(self.chunks)
 
 
 def default_workers() -> int:
@@ -126,10 +127,26 @@ class FolderDataset(Dataset):
         """Yield (index, x, y) in the order of `Dataset.batches`; an example's crop depends on (seed, index) alone."""
         n = len(split)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
-        loader = self.loader(split, train, single=n <= batch_size)
-        loader.batch_sampler.order, loader.batch_sampler.batch_size, loader.batch_sampler.seed = order, batch_size, seed
+        yield from self.read(split, list(order.split(batch_size)), seed, train)
+
+    def train_batches(self, split: FolderSplit, batch_size: int, seed: int):
+        """Several processes (DDP): each reads only its share of every batch (the images are the same: an
+        image's crop depends on (seed, index) alone)."""
+        if not distributed.active():
+            yield from super().train_batches(split, batch_size, seed)
+            return
+        order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+        shares = [(len(chunk), *distributed.share(chunk)) for chunk in order.split(batch_size)]
+        read = self.read(split, [part for _, _, (part,) in shares], seed, train=True)
+        for (batch, count, _), (idx, x, y) in zip(shares, read):
+            yield batch, count, idx, x, y
+
+    def read(self, split: FolderSplit, chunks: list, seed: int, train: bool):
+        """(index, x, y) for each chunk of positions in `split`, read by the split's loader."""
+        loader = self.loader(split, train, single=len(chunks) <= 1)
+        loader.batch_sampler.chunks, loader.batch_sampler.seed = chunks, seed
         cuda = self.device.type == "cuda"
-        for idx, (x, errors) in zip(order.split(batch_size), loader):
+        for idx, (x, errors) in zip(chunks, loader):
             bad = [e for e in errors if e]
             if bad:
                 raise UserError(f"dataset={self.name}: cannot read the image {bad[0]}"

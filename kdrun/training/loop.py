@@ -160,10 +160,8 @@ def fit(
             data_seed_e = seed_e if data_seed is None else epoch_seed(data_seed, stage, epoch)
             strong_seed = seed if data_seed is None else data_seed
             strong_gen = strong.generator(epoch_seed(strong_seed, f"{stage}/strong", epoch)) if strong else None
-            drawn = data.batches(data.train, recipe.batch_size, shuffle=True, seed=data_seed_e, train=True)
-            for idx, x, y in packed.shared_batches(drawn, stage=stage, epoch=epoch, key=data_seed_e):
-                batch = len(y)
-                count, (idx, x, y) = distributed.share(idx, x, y)  # several processes: this one's part
+            drawn = data.train_batches(data.train, recipe.batch_size, seed=data_seed_e)  # DDP: this process's share
+            for batch, count, idx, x, y in packed.shared_batches(drawn, stage=stage, epoch=epoch, key=data_seed_e):
                 views = {"x_strong": speed.batch(strong(idx, strong_gen))} if strong else {}
                 with speed.autocast():
                     _, losses = forward(speed.batch(x), y, epoch, idx, phase=phase,
