@@ -16,6 +16,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from hydra_plugins.kdrun_launchers.sweeper import sweep_job_config
+
 log = logging.getLogger(__name__)
 
 
@@ -54,11 +56,7 @@ class PackedLauncher(Launcher):
 
     def _job_config(self, idx: int, overrides: Sequence[str]) -> DictConfig:
         assert self.hydra_context is not None and self.config is not None
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        with open_dict(config):
-            config.hydra.job.id = idx
-            config.hydra.job.num = idx
-        return config
+        return sweep_job_config(self.hydra_context, self.config, idx, overrides)
 
     def _run_alone(self, config: DictConfig) -> JobReturn:
         assert self.hydra_context is not None and self.task_function is not None

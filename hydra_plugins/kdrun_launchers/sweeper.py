@@ -158,11 +158,7 @@ class KdrunSweeper(Sweeper):
 
     def job_config(self, idx: int, overrides: Sequence[str]) -> DictConfig:
         assert self.hydra_context is not None and self.config is not None
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        with open_dict(config):
-            config.hydra.job.id = idx
-            config.hydra.job.num = idx
-        return config
+        return sweep_job_config(self.hydra_context, self.config, idx, overrides)
 
     @staticmethod
     def resolved(config: DictConfig) -> tuple[Path, dict]:
@@ -177,3 +173,12 @@ class KdrunSweeper(Sweeper):
             return job_dir, OmegaConf.to_container(task_cfg, resolve=True)
         finally:
             HydraConfig.instance().cfg = saved
+
+
+def sweep_job_config(hydra_context, sweep_config: DictConfig, idx: int, overrides: Sequence[str]) -> DictConfig:
+    """Job `idx` of a sweep composed as Hydra's launchers compose it (its number in hydra.job)."""
+    config = hydra_context.config_loader.load_sweep_config(sweep_config, list(overrides))
+    with open_dict(config):
+        config.hydra.job.id = idx
+        config.hydra.job.num = idx
+    return config

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -41,7 +42,7 @@ class Where:
         return self.overrides or self.run_dir.name
 
 
-class Tracker:
+class Tracker(ABC):
     Config: type  # its keys' schema (kdrun.schema.trackers), stored as schema/logger/NAME
     module: Optional[str] = None  # the package it logs with, imported before any training (None: nothing)
     pip: Optional[str] = None  # that package on PyPI
@@ -61,23 +62,23 @@ class Tracker:
                             f"Install it with pip install -e \".[{cls.extra}]\" in your kdrun checkout (or pip "
                             f"install {cls.pip}).") from None
 
+    @abstractmethod
     def open(self, config: dict) -> int:
         """Start the tracker's run, or resume the run directory's; log the resolved config. Returns the last
         step it already holds (0: none)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def log_epoch(self, step: int, entry: dict, stage_index: int, stage_start: bool) -> None:
         """One epoch of metrics.json's history (with its `images_per_s`); `stage_start`: its stage's first."""
-        raise NotImplementedError
 
+    @abstractmethod
     def log_final(self, step: int, metrics: dict) -> None:
         """The run's final numbers (`final_scalars` of metrics.json), at the run's last step (logged as
         final/KEY where they share a namespace with the epochs' numbers)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def close(self, status: str) -> None:
         """completed, failed or interrupted (a resumable run)."""
-        raise NotImplementedError
 
 
 def save_dir(cfg: DictConfig, default: Path) -> Path:
