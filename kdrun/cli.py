@@ -127,6 +127,12 @@ def _record(cfg: DictConfig, run_dir: Path, claimed, status: str, message: str, 
         log.error(str(e))
 
 
+def torchrun_processes() -> bool:
+    from kdrun.distributed import launched_by_torchrun  # torch: imported only where a sweep starts anyway
+
+    return launched_by_torchrun()
+
+
 def _resume_hint(hydra_cfg, run_dir: Path) -> str:
     if hydra_cfg.mode == RunMode.MULTIRUN:
         return f"hydra.sweep.dir={hydra_cfg.sweep.dir}"
@@ -150,7 +156,7 @@ def main() -> None:
     except UserError as e:
         sys.stderr.write(f"kdrun: {e}\n")
         sys.exit(2)
-    if args is not None and args.multirun and "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if args is not None and args.multirun and torchrun_processes():
         sys.stderr.write("kdrun: -m under torchrun: torchrun's processes make one run together; a sweep would "
                          "start each of its jobs in every process. Run the sweep's jobs one by one under torchrun, "
                          "or sweep with hydra/launcher=slurm hydra.launcher.tasks_per_node=N (one DDP job per run).\n")

@@ -20,6 +20,8 @@ import torch
 
 from kdrun import distributed
 
+REPO = Path(__file__).resolve().parents[1]
+
 MODELS = ["teacher=mlp_1200", "student=mlp_800", "teacher.train.epochs=1", "train.batch_size=32",
           "train.precision=fp32", "progress=false"]
 
@@ -33,7 +35,7 @@ def image_tree(root: Path, per_class: int) -> list[str]:
 
 
 def env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
 
 
 def torchrun(*args: str) -> list[str]:

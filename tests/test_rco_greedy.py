@@ -21,23 +21,10 @@ from kdrun.run import run
 from kdrun.schedules import greedy as greedy_module
 from kdrun.schedules.greedy import ROUTE_FILE, GreedyRoute, hardness, next_anchor
 from kdrun.schedules.spec import Stage
-from kdrun.training import teacher as teacher_module
+from test_rco import teacher_trainings  # noqa: F401  (a fixture: counts the teacher trainings)
 
 GREEDY = QUICK + ["teacher.train.epochs=4", "method=kd", "schedule=rco", "schedule.interval=1",
                   "schedule.strategy=greedy"]
-
-
-@pytest.fixture
-def teacher_trainings(monkeypatch):
-    calls = []
-    real = teacher_module.train_teacher
-
-    def counted(*args, **kwargs):
-        calls.append(kwargs.get("stop_after"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(teacher_module, "train_teacher", counted)
-    return calls
 
 
 def test_hardness_is_the_kl_of_the_teachers_outputs_from_the_students():

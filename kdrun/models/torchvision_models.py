@@ -20,24 +20,23 @@ from torchvision.models import resnet as tv_resnet
 from kdrun.models.registry import MODELS
 
 
-class BasicBlock(tv_resnet.BasicBlock):
+class OwnReLUs:
+    """A block's inner ReLUs out of place, and its last one a module of its own (`relu_out`)."""
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.relu = nn.ReLU()
         self.relu_out = nn.ReLU()
 
+
+class BasicBlock(OwnReLUs, tv_resnet.BasicBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
         return self.relu_out(out + identity)
 
 
-class Bottleneck(tv_resnet.Bottleneck):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.relu = nn.ReLU()
-        self.relu_out = nn.ReLU()
-
+class Bottleneck(OwnReLUs, tv_resnet.Bottleneck):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
