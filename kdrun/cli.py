@@ -30,7 +30,7 @@ def app(cfg: DictConfig):
 
 def run_job(cfg: DictConfig, hydra_cfg: DictConfig):
     """One job, as `app` runs it once Hydra composed it: `hydra_cfg` is the job's `hydra` node. The packed
-    launcher (hydra_plugins/kdrun_launchers/packed.py) calls it for each member of a group, in its thread."""
+    launcher (hydra_plugins/kdrun_launchers/packed.py) calls it for each member of a group, in its greenlet."""
     from kdrun.results.identity import RunDirTaken, claim, write_config
     from kdrun.schedules.spec import require_complete
     from kdrun.run import report_completed, run
@@ -98,7 +98,7 @@ def open_run_log(run_dir: Path, name: str) -> logging.Handler:
     handler = logging.FileHandler(run_dir / f"{name}.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     if packed.current() is not None:  # the jobs of a packed group share the process: each log keeps its own lines
-        handler.addFilter(packed.this_thread())
+        handler.addFilter(packed.this_member())
     logging.getLogger().addHandler(handler)
     return handler
 
@@ -140,8 +140,9 @@ def _resume_hint(hydra_cfg, run_dir: Path) -> str:
 
 
 def main() -> None:
-    from kdrun.results.sweep import finish_sweep
+    from kdrun.results.sweep import finish_sweep, forget_sweep
 
+    forget_sweep()
     register_configs()
     try:
         args = preflight(sys.argv[1:])

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from conftest import QUICK, REPO, compose_config, kdrun_cli, read_json, run_dirs
+from inprocess import kdrun_in_process, one_cpu_thread  # noqa: F401  (fixture: tiny models on one thread)
 from hydra_plugins.kdrun_launchers.slots import Slot, free_slot, plan_slots, visible_gpus
 from kdrun.results.report import main as report_main
 
@@ -102,6 +103,15 @@ def test_pair_presets(tmp_path):
         "train:\n  epochs: 7\n")
     cfg = compose_config(["experiment=recipe", "pair=swap", f"hydra.searchpath=[file://{tmp_path}]"])
     assert (cfg.teacher.name, cfg.student.name, cfg.train.epochs) == ("mlp_800", "mlp_1200", 7)
+
+
+def test_a_run_after_a_failed_sweep_in_the_same_process_exits_0(tmp_path, monkeypatch, capsys):
+    """Scripts and tests call kdrun's main() more than once: a sweep's failed job is not the next run's."""
+    code, _ = kdrun_in_process(["-m", *QUICK, "method.T=1,-1", f"hydra.sweep.dir={tmp_path / 's'}"], tmp_path,
+                               monkeypatch, capsys)
+    assert code == 1
+    code, out = kdrun_in_process([*QUICK, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, monkeypatch, capsys)
+    assert code == 0, out
 
 
 def _summary_rows(sweep: Path) -> list[dict]:

@@ -1,12 +1,11 @@
 """`hydra/launcher=packed`: the jobs of a sweep that can share work run together in this process, one
-packed group at a time (kdrun.packed: one thread per job, taking turns at batch boundaries, each batch
+packed group at a time (kdrun.packed: one greenlet per job, taking turns at batch boundaries, each batch
 prepared once and one teacher pass per batch); the other jobs run one after another, as Hydra's basic
 launcher runs them. The launcher logs the groups and why each other job runs alone.
 """
 import copy
 import logging
 import os
-import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -65,10 +64,9 @@ class PackedLauncher(Launcher):
                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
 
     def _run_group(self, configs: dict[int, DictConfig]) -> dict[int, JobReturn]:
-        """As Hydra's run_job for each job (its directory, callbacks, JobReturn), the jobs in threads."""
+        """As Hydra's run_job for each job (its directory, callbacks, JobReturn), the jobs taking turns."""
         from kdrun.cli import run_job as kdrun_job
         from kdrun.packed.group import Group
-        from kdrun.training.signals import RunInterrupted, interrupts_raise
 
         assert self.hydra_context is not None
         callbacks = self.hydra_context.callbacks
@@ -88,34 +86,17 @@ class PackedLauncher(Launcher):
             log.info(f"\t#{idx}: {' '.join(filter_overrides(config.hydra.overrides.task))}")
             callbacks.on_job_start(config=config, task_function=self.task_function)
             member = group.add(idx, HydraConfig.instance().cfg)
-            jobs[idx] = (config, task_cfg, member, {})
+            jobs[idx] = (config, task_cfg, member)
         configure_log(next(iter(configs.values())).hydra.job_logging, self.config.hydra.verbose)
 
-        def body(config, task_cfg, member, out):
-            try:
-                out["value"] = group.run(member, lambda: kdrun_job(task_cfg, HydraConfig.get()))
-            except BaseException as e:  # noqa: BLE001  (SystemExit of an interrupted job; the others go on)
-                out["error"] = e
-
-        threads = [threading.Thread(target=body, args=job, name=f"kdrun-job-{idx}", daemon=True)
-                   for idx, job in jobs.items()]
-        for t in threads:
-            t.start()
         try:
-            with interrupts_raise():  # a signal: each member stops at its next turn and records it
-                try:
-                    for t in threads:
-                        while t.is_alive():
-                            t.join(0.2)
-                except RunInterrupted as e:
-                    group.stop(e.signum)
-                    for t in threads:
-                        t.join()
+            group.run({member: (lambda t=task_cfg: kdrun_job(t, HydraConfig.get()))  # the member's own, when it runs
+                       for _, task_cfg, member in jobs.values()})
         finally:
             HydraConfig.instance().cfg = saved
         results = {}
-        for idx, (config, task_cfg, member, out) in jobs.items():
-            results[idx] = _job_return(config, task_cfg, out)
+        for idx, (config, task_cfg, member) in jobs.items():
+            results[idx] = _job_return(config, task_cfg, member)
             callbacks.on_job_end(config=config, job_return=results[idx])
         if group.stop_signal is not None:
             raise SystemExit(128 + group.stop_signal)  # as local_gpus: kdrun -m still writes the summary
@@ -135,13 +116,13 @@ def _task_dict(config: DictConfig) -> dict:
         HydraConfig.instance().cfg = saved
 
 
-def _job_return(config: DictConfig, task_cfg: DictConfig, out: dict) -> JobReturn:
+def _job_return(config: DictConfig, task_cfg: DictConfig, member) -> JobReturn:
     ret = JobReturn(overrides=list(config.hydra.overrides.task), cfg=task_cfg,
                     hydra_cfg=OmegaConf.create({"hydra": OmegaConf.to_container(config.hydra, resolve=False)}),
                     working_dir=os.getcwd(), task_name=str(config.hydra.job.name))
-    error = out.get("error")
+    error = member.error
     if error is None:
-        ret.status, ret.return_value = JobStatus.COMPLETED, out.get("value")
+        ret.status, ret.return_value = JobStatus.COMPLETED, member.result
     elif isinstance(error, SystemExit):  # the job recorded how it ended and asked to exit: not a crash
         ret.status, ret.return_value = JobStatus.COMPLETED, {"status": "interrupted", "error": f"exit {error.code}"}
     else:

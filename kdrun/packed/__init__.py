@@ -1,5 +1,5 @@
 """Packed sweeps (`hydra/launcher=packed`): the jobs of a sweep that can share work run in one process,
-one thread per job, taking turns at batch boundaries (`kdrun.packed.group`). Each member runs kdrun's
+one greenlet per job on one thread, taking turns at batch boundaries (`kdrun.packed.group`). Each member runs kdrun's
 normal code path; the training loop asks this module for its batches and its teacher outputs, which a
 member of a group shares with the others, and which are the loop's own outside a group.
 """
@@ -30,9 +30,9 @@ def teacher_pass(stage: str, cache) -> Optional[object]:
     return SharedTeacherPass(member, cache)
 
 
-def this_thread():
-    """A logging filter that keeps the records of the calling thread (a member's log file its own lines)."""
+def this_member():
+    """A logging filter that keeps the records the calling member logs (a member's log file its own lines)."""
     import threading
 
-    ident = threading.get_ident()
-    return lambda record: record.thread == ident
+    member, ident = current(), threading.get_ident()
+    return lambda record: record.thread == ident and current() is member

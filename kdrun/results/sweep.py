@@ -45,6 +45,13 @@ class SweepSummary(Callback):
         finish_sweep()
 
 
+def forget_sweep() -> None:
+    """A new `kdrun` command in this process (scripts and tests call `main()` again): the sweep state of
+    the last one must not decide its exit status."""
+    global _state
+    _state = _SweepState()
+
+
 def begin_sweep(directory: Path) -> None:
     global _state
     _state = _SweepState(directory=directory.absolute())

@@ -44,8 +44,10 @@ def handled_signals() -> list[signal.Signals]:
 def interrupts_raise() -> Iterator[None]:
     """Within the block, SIGTERM and SIGINT raise `RunInterrupted` (once: repeats are ignored while the
     run winds down and records its status). Previous handlers come back afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
+    from kdrun import packed
+
+    if threading.current_thread() is not threading.main_thread() or packed.current() is not None:
+        yield  # handlers can only be set from the main thread; a packed group's are the group's
         return
     fired = False
 
