@@ -29,6 +29,7 @@ EPOCHS, MILESTONES, LR, BATCH, SEED = 4, (2, 3), 0.05, 32, 3
 SETUP = ["dataset=synthetic", "dataset.train_size=96", "dataset.test_size=32", "dataset.image_size=16",
          "dataset.channels=3", "train.augment={crop_padding: 2, flip: true}",
          "student=resnet8", "teacher=resnet14", f"seed={SEED}", "progress=false", "train.precision=fp32",
+         "train.channels_last=false",  # the reference loop is NCHW: the same kernels, the same rounding
          f"train.epochs={EPOCHS}", f"train.batch_size={BATCH}", f"train.lr={LR}", "train.momentum=0.9",
          "train.weight_decay=5e-4", f"train.milestones=[{','.join(map(str, MILESTONES))}]", "train.gamma=0.1",
          "train.nesterov=false"]

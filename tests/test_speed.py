@@ -204,7 +204,9 @@ def test_precision_resolution_and_recipe_keys(monkeypatch):
     assert resolve_dtype("auto", CPU) == torch.bfloat16
     assert resolve_dtype("fp32", CPU) == torch.float32 and resolve_dtype("BF16", CPU) == torch.bfloat16
     speed = Speed.resolve(Recipe(channels_last="auto", cache_teacher="auto"), CPU)
-    assert not speed.channels_last and speed.cache_teacher is None and not speed.compile
+    assert speed.channels_last and speed.cache_teacher is None and not speed.compile
+    assert not Speed.resolve(Recipe(channels_last=False), CPU).channels_last
+    assert not Speed.resolve(Recipe(), torch.device("meta")).channels_last
     assert Speed.resolve(Recipe(channels_last=True, compile=True, cache_teacher=False), CPU) == \
         Speed(CPU, resolve_dtype("auto", CPU), channels_last=True, compile=True, cache_teacher=False)
     for key, value in [("precision", "fp16"), ("channels_last", "maybe"), ("cache_teacher", "sometimes")]:
