@@ -68,6 +68,12 @@ def register_configs() -> None:
         cs.store(group="schema/schedule", name=name, node=schema, provider="kdrun")
     cs.store(group="schema/launcher", name="local_gpus", node=LocalGpusConf, provider="kdrun")
     cs.store(group="schema/launcher", name="packed", node=PackedConf, provider="kdrun")
+    try:
+        from kdrun.schema.slurm import SlurmConf
+    except ImportError:  # hydra-submitit-launcher is optional: kdrun.cli_args says how to get it
+        pass
+    else:
+        cs.store(group="schema/launcher", name="slurm", node=SlurmConf, provider="kdrun")
     for name in TRACKERS.names():
         cs.store(group="schema/logger", name=name, node=TRACKERS.get(name).Config, provider="kdrun")
     for name in MODELS.names():

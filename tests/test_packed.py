@@ -73,7 +73,7 @@ def test_a_sweep_of_shareable_and_unshareable_jobs(tmp_path, monkeypatch, capsys
     assert code == 0
     code, text, packed = sweep(args, tmp_path, monkeypatch, capsys, "packed", packed=True)
     assert code == 0, text
-    assert "Launching 8 jobs packed: 2 group(s), 4 job(s) alone" in text
+    assert "Packing 8 jobs: 2 group(s), 4 job(s) alone" in text
     # student.hidden (from QUICK) varies slowest, then the method, then T
     assert "packed together: #0, #1" in text and "packed together: #4, #5" in text
     assert "#2 alone: method=grad_at takes gradients with respect to the input" in text
@@ -162,3 +162,25 @@ def test_a_seed_sweep_with_one_data_seed_packs(tmp_path, monkeypatch, capsys):
     assert_same_runs(alone, packed)
     w0, w1 = (torch.load(packed / n / "student.pt") for n in ("0", "1"))
     assert not all(torch.equal(w0[k], w1[k]) for k in w0)  # the student's initialisation follows seed
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_member_and_each_records_it(tmp_path):
+    """SIGTERM to a packed group (SLURM's signal before a time limit): the member computing stops at once,
+    the others at their next turn; each records `interrupted`, and kdrun -m exits with 143."""
+    args = [*BASE, "dataset.train_size=768", "train.epochs=4", "method.T=1,4"]
+    out = tmp_path / "packed"
+    command = [sys.executable, "-m", "kdrun", "-m", "hydra/launcher=packed", *args, f"hydra.sweep.dir={out}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None and not any(
+            len(_history(p)) >= 1 for p in out.glob("*/metrics.json")):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    text, _ = process.communicate(timeout=120)
+    assert process.returncode == 143, text[-3000:]
+    ended = {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob("*/metrics.json"))}
+    assert sorted(ended) == ["0", "1"] and all(m["status"] == "interrupted" for m in ended.values()), ended
+    assert all(len(m["history"]) < 4 for m in ended.values())

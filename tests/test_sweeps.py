@@ -59,14 +59,15 @@ def test_launcher_plugin_is_found_and_configured():
 
 def test_slurm_launcher_config():
     data = yaml.safe_load((REPO / "conf" / "hydra" / "launcher" / "slurm.yaml").read_text())
-    assert data["defaults"] == ["submitit_slurm", "_self_"]
+    assert data["defaults"] == ["/schema/launcher/slurm@_here_", "_self_"]
     assert data["gpus_per_node"] == 1 and data["tasks_per_node"] == 1 and data["nodes"] == 1
     assert {"partition", "account", "timeout_min", "cpus_per_task", "mem_gb", "signal_delay_s", "max_num_timeout",
             "array_parallelism"} <= set(data)
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[slurm]'")
     launcher = compose_config(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True).hydra.launcher
-    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher._target_ == "hydra_plugins.kdrun_launchers.slurm.SlurmLauncher"
     assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 1, data["timeout_min"])
+    assert (launcher.pack, launcher.max_members, launcher.qos) == (False, None, None)  # kdrun's keys and submitit's
 
 
 def test_sweep_presets():
@@ -158,6 +159,27 @@ def test_local_gpus_launcher_runs_two_jobs_at_once_on_cpu(tmp_path):
     assert not (sweep / ".launcher").exists()  # the hand-off files are cleaned up
 
 
+def test_local_gpus_launcher_packs_a_group_into_one_process(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = kdrun_cli(["-m", "hydra/launcher=local_gpus", "hydra.launcher.pack=true", *QUICK, "method.T=2,4",
+                      "train.batch_size=32,16", f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
+                     env={"CUDA_VISIBLE_DEVICES": ""})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "Packing 4 jobs: 2 group(s), 0 job(s) alone" in out and "packed together: #2, #3" in out
+    assert "Launching 4 jobs locally, 2 at a time" in out and "#1 on CPU (packed with #0)" in out
+    runs = run_dirs(sweep)
+    assert [r.name for r in runs] == ["0", "1", "2", "3"]
+    for r in runs:
+        assert read_json(r / "metrics.json")["status"] == "completed"
+        log = (r / "kdrun.log").read_text()  # each member's log holds its own lines only
+        assert f"Run directory: {r}" in log and all(f"Run directory: {o}\n" not in log for o in runs if o != r)
+    group_output = (sweep / "0" / "output.log").read_text()
+    assert "test acc" in group_output and str(sweep / "1") in group_output  # both members' console lines
+    assert str(sweep / "0" / "output.log") in (sweep / "1" / "output.log").read_text()
+    assert len(_summary_rows(sweep)) == 4 and not (sweep / ".launcher").exists()
+
+
 def test_a_job_process_that_dies_is_recorded_as_failed(tmp_path):
     import subprocess
     import sys
@@ -166,13 +188,60 @@ def test_a_job_process_that_dies_is_recorded_as_failed(tmp_path):
     from hydra.core.utils import JobStatus
     from hydra_plugins.kdrun_launchers.local_gpus import LocalGpusLauncher, _Running
 
-    job_dir = tmp_path / "0"
-    job_dir.mkdir()
-    (job_dir / "metrics.json").write_text('{"status": "running", "test_acc": null}')
+    dirs = {i: tmp_path / str(i) for i in (0, 1)}  # a packed group's process: both members fail with it
+    for d in dirs.values():
+        d.mkdir()
+        (d / "metrics.json").write_text('{"status": "running", "test_acc": null}')
     process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
     process.wait()
-    job = _Running(0, ["seed=0"], Slot(0, None, 1), job_dir, tmp_path / "job-0.result.pkl", process, time.perf_counter())
-    result = LocalGpusLauncher()._collect(job)
-    assert result.status == JobStatus.FAILED and "ended with exit status 3" in str(result._return_value)
-    metrics = read_json(job_dir / "metrics.json")
-    assert metrics["status"] == "failed" and "exit status 3" in metrics["error"] and "output.log" in metrics["error"]
+    job = _Running([0, 1], {0: ["seed=0"], 1: ["seed=1"]}, Slot(0, None, 1), dirs, tmp_path / "job-0.result.pkl",
+                   process, time.perf_counter())
+    results = LocalGpusLauncher()._collect(job)
+    for i in (0, 1):
+        assert results[i].status == JobStatus.FAILED and "ended with exit status 3" in str(results[i]._return_value)
+        metrics = read_json(dirs[i] / "metrics.json")
+        assert metrics["status"] == "failed" and "exit status 3" in metrics["error"]
+        assert str(dirs[0] / "output.log") in metrics["error"]  # the group's console output
+
+
+def test_slurm_launcher_packs_one_group_per_array_task(tmp_path, monkeypatch, capsys):
+    """hydra.launcher.pack=true: one submitit array task per packed group, run the way submitit runs it
+    (the task pickled with cloudpickle and called), here in this process instead of on a cluster."""
+    submitit = pytest.importorskip("submitit")
+    import cloudpickle
+
+    calls = {}
+
+    class Job:
+        def __init__(self, value):
+            self.value = value
+
+        def results(self):
+            return [self.value]
+
+    class Executor:
+        def __init__(self, cluster, folder, **init):
+            calls["init"] = (cluster, init)
+
+        def update_parameters(self, **params):
+            calls["params"] = params
+
+        def map_array(self, task, *columns):
+            calls["tasks"] = list(zip(*columns))
+            task = cloudpickle.loads(cloudpickle.dumps(task))
+            return [Job(task(*args)) for args in zip(*columns)]
+
+    monkeypatch.setattr(submitit, "AutoExecutor", Executor)
+    monkeypatch.setattr(submitit, "JobEnvironment", lambda: type("Env", (), {"job_id": "77_0"})())
+    sweep = tmp_path / "sweep"
+    code, out = kdrun_in_process(["-m", "hydra/launcher=slurm", "hydra.launcher.pack=true",
+                                  "hydra.launcher.partition=gpu", *QUICK, "method.T=2,4", "train.batch_size=32,16",
+                                  f"hydra.sweep.dir={sweep}"], tmp_path, monkeypatch, capsys)
+    assert code == 0, out
+    assert calls["init"] == ("slurm", {"slurm_max_num_timeout": 5})
+    assert calls["params"]["slurm_partition"] == "gpu" and not any("pack" in k or "members" in k for k in calls["params"])
+    assert [nums for _, nums, _ in calls["tasks"]] == [[0, 1], [2, 3]]  # one array task per group
+    runs = run_dirs(sweep)
+    assert [r.name for r in runs] == ["0", "1", "2", "3"]
+    assert all(read_json(r / "metrics.json")["status"] == "completed" for r in runs)
+    assert len(_summary_rows(sweep)) == 4

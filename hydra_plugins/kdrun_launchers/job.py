@@ -1,5 +1,6 @@
 """The process of one job of a local sweep: unpickles the job's composed config and runs it with
-Hydra's `run_job`, as Hydra's basic launcher would in its own process. Writes the JobReturn back."""
+Hydra's `run_job`, as Hydra's basic launcher would in its own process. Writes the JobReturn back.
+A packed group's process gets several configs and writes {job number: JobReturn} back."""
 from __future__ import annotations
 
 import importlib
@@ -56,20 +57,39 @@ def main(payload_path: str) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.utils import JobRuntime, run_job, setup_globals
     from hydra.types import HydraContext
-    from omegaconf import OmegaConf
 
     payload = pickle.loads(Path(payload_path).read_bytes())
-    config = payload["config"]
+    configs = payload.get("configs") or [payload["config"]]
+    config = configs[0]
     setup_globals()
     JobRuntime.instance().set("name", config.hydra.job.name)
     HydraConfig.instance().set_config(config)
-    result = run_job(
-        hydra_context=HydraContext(config_loader=None, callbacks=JobCallbacks(config)),
-        task_function=load_task(payload["task"]),
-        config=config,
-        job_dir_key="hydra.sweep.dir",
-        job_subdir_key="hydra.sweep.subdir",
-    )
+    task = load_task(payload["task"])
+    stop_signal = None
+    if "configs" in payload:
+        from hydra_plugins.kdrun_launchers.packed import run_group
+
+        results, stop_signal = run_group({int(c.hydra.job.num): c for c in configs}, JobCallbacks(config), task,
+                                         config.hydra.verbose)
+        data = {idx: _portable(result) for idx, result in results.items()}
+    else:
+        result = run_job(
+            hydra_context=HydraContext(config_loader=None, callbacks=JobCallbacks(config)),
+            task_function=task,
+            config=config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+        data = _portable(result)
+    Path(payload["result_path"]).write_bytes(pickle.dumps(data))
+    if stop_signal is not None:
+        sys.exit(128 + stop_signal)
+
+
+def _portable(result):
+    """The JobReturn in a form that unpickles in the launcher's process."""
+    from omegaconf import OmegaConf
+
     # Plain copies of the configs: structured-config classes (e.g. Hydra's sweeper settings) pickle by
     # reference, which fails once a plugin scan in this process has re-imported their modules.
     for name in ("cfg", "hydra_cfg"):
@@ -77,8 +97,7 @@ def main(payload_path: str) -> None:
         if value is not None:
             setattr(result, name, OmegaConf.create(OmegaConf.to_container(value, resolve=False)))
     try:
-        data = pickle.dumps(result)
+        pickle.dumps(result)
     except Exception:  # a return value or exception that does not pickle: keep its text
         result._return_value = RuntimeError(repr(result._return_value))
-        data = pickle.dumps(result)
-    Path(payload["result_path"]).write_bytes(data)
+    return result

@@ -1,6 +1,10 @@
 """`hydra/launcher=local_gpus`: N jobs of a sweep at once on this machine, each job in its own process
 pinned to one GPU (CUDA_VISIBLE_DEVICES), round-robin over the GPUs; on a machine without GPUs, N CPU
 jobs with the cores split between them. Each job's console output goes to JOB_DIR/output.log.
+
+With `pack=true` each process runs a packed group of the sweep's jobs (hydra/launcher=packed's groups:
+one batch preparation and one teacher pass per batch for all of them) or a job that cannot share; the
+group's console output goes to its first job's output.log.
 """
 import copy
 import json
@@ -24,6 +28,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hydra_plugins.kdrun_launchers.job import BOOTSTRAP, task_reference
+from hydra_plugins.kdrun_launchers.packed import plan
 from kdrun.errors import UserError
 from hydra_plugins.kdrun_launchers.slots import Slot, available_cores, free_slot, plan_slots, visible_gpus
 
@@ -38,10 +43,10 @@ class JobProcessDied(CompactHydraException):
 
 @dataclass
 class _Running:
-    idx: int
-    overrides: list
+    nums: list  # the jobs this process runs (several: a packed group)
+    overrides: dict  # job number -> its overrides
     slot: Slot
-    job_dir: Path
+    job_dirs: dict  # job number -> its directory
     result_path: Path
     process: subprocess.Popen
     started: float
@@ -49,9 +54,10 @@ class _Running:
 
 class LocalGpusLauncher(Launcher):
     def __init__(self, gpus: Optional[Sequence] = None, jobs_per_device: int = 1, cpu_jobs: int = 2,
-                 poll_s: float = 0.2) -> None:
+                 poll_s: float = 0.2, pack: bool = False, max_members: Optional[int] = None) -> None:
         self.gpus = list(gpus) if gpus is not None else None
         self.jobs_per_device, self.cpu_jobs, self.poll_s = int(jobs_per_device), int(cpu_jobs), float(poll_s)
+        self.pack, self.max_members = bool(pack), max_members
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
         self.task_function: Optional[TaskFunction] = None
@@ -81,7 +87,10 @@ class LocalGpusLauncher(Launcher):
         slots = self.slots()
         log.info(f"Launching {len(job_overrides)} jobs locally, {len(slots)} at a time "
                  f"({', '.join(s.label for s in slots)}; {slots[0].threads} CPU thread(s) each)")
-        pending = deque(enumerate(job_overrides, start=initial_job_idx))
+        overrides = dict(enumerate((list(o) for o in job_overrides), start=initial_job_idx))
+        configs = {idx: self._job_config(idx, o) for idx, o in overrides.items()} if self.pack else {}
+        units = plan(configs, self.max_members) if self.pack else [[idx] for idx in overrides]
+        pending = deque(units)
         running: dict[int, _Running] = {}
         results: dict[int, JobReturn] = {}
         previous_handler = signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -89,13 +98,14 @@ class LocalGpusLauncher(Launcher):
             while pending or running:
                 slot = free_slot(slots, set(running))
                 while pending and slot is not None:
-                    idx, overrides = pending.popleft()
-                    running[slot.index] = self._start(idx, list(overrides), slot, handoff)
+                    nums = pending.popleft()
+                    unit = {idx: configs.get(idx) or self._job_config(idx, overrides[idx]) for idx in nums}
+                    running[slot.index] = self._start(unit, slot, handoff)
                     slot = free_slot(slots, set(running))
                 done = [s for s, job in running.items() if job.process.poll() is not None]
                 for s in done:
                     job = running.pop(s)
-                    results[job.idx] = self._collect(job)
+                    results.update(self._collect(job))
                 if not done:
                     time.sleep(self.poll_s)
         except KeyboardInterrupt:
@@ -103,31 +113,45 @@ class LocalGpusLauncher(Launcher):
         finally:
             signal.signal(signal.SIGTERM, previous_handler)
             if pending:
-                log.info(f"Stopping: {len(pending)} job(s) not started: #{', #'.join(str(i) for i, _ in pending)}")
+                not_started = [i for nums in pending for i in nums]
+                log.info(f"Stopping: {len(not_started)} job(s) not started: #{', #'.join(map(str, not_started))}")
             self._stop(list(running.values()))
             if not any(handoff.iterdir()):
                 handoff.rmdir()
         return [results[i] for i in sorted(results)]
 
-    def _start(self, idx: int, overrides: list, slot: Slot, handoff: Path) -> _Running:
+    def _job_config(self, idx: int, overrides: list) -> DictConfig:
         assert self.config is not None and self.hydra_context is not None
         config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         with open_dict(config):
             config.hydra.job.id = idx
             config.hydra.job.num = idx
-        job_dir = self._job_dir(config)
-        _save_job_config(config, job_dir)
-        payload = handoff / f"job-{idx}.pkl"
-        result_path = handoff / f"job-{idx}.result.pkl"
+        return config
+
+    def _start(self, unit: dict[int, DictConfig], slot: Slot, handoff: Path) -> _Running:
+        """A process for `unit`: one job, or the jobs of a packed group (job number -> config)."""
+        first = min(unit)
+        job_dirs = {idx: self._job_dir(config) for idx, config in unit.items()}
+        for idx, config in unit.items():
+            _save_job_config(config, job_dirs[idx])
+        payload = handoff / f"job-{first}.pkl"
+        result_path = handoff / f"job-{first}.result.pkl"
         result_path.unlink(missing_ok=True)
-        payload.write_bytes(pickle.dumps({"config": config, "task": task_reference(self.task_function),
+        jobs = {"configs": list(unit.values())} if len(unit) > 1 else {"config": unit[first]}
+        payload.write_bytes(pickle.dumps({**jobs, "task": task_reference(self.task_function),
                                           "result_path": str(result_path)}))
-        log.info(f"\t#{idx} on {slot.label}: {' '.join(filter_overrides(overrides))}")
-        with open(job_dir / OUTPUT_LOG, "ab") as out:
+        overrides = {idx: list(config.hydra.overrides.task) for idx, config in unit.items()}
+        for idx in unit:
+            together = f" (packed with #{', #'.join(str(i) for i in unit if i != idx)})" if len(unit) > 1 else ""
+            log.info(f"\t#{idx} on {slot.label}{together}: {' '.join(filter_overrides(overrides[idx]))}")
+            if idx != first:
+                (job_dirs[idx] / OUTPUT_LOG).write_text(
+                    f"Packed with #{first}: the group's console output is in {job_dirs[first] / OUTPUT_LOG}\n")
+        with open(job_dirs[first] / OUTPUT_LOG, "ab") as out:
             process = subprocess.Popen([sys.executable, "-c", BOOTSTRAP, str(payload), json.dumps(sys.path)],
                                        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        env={**os.environ, **slot.env()})
-        return _Running(idx, overrides, slot, job_dir, result_path, process, time.perf_counter())
+        return _Running(sorted(unit), overrides, slot, job_dirs, result_path, process, time.perf_counter())
 
     @staticmethod
     def _job_dir(config: DictConfig) -> Path:
@@ -139,23 +163,30 @@ class LocalGpusLauncher(Launcher):
         finally:
             HydraConfig.instance().cfg = saved
 
-    def _collect(self, job: _Running) -> JobReturn:
+    def _collect(self, job: _Running) -> dict[int, JobReturn]:
         seconds = time.perf_counter() - job.started
         code = job.process.returncode
+        first = job.nums[0]
         if job.result_path.is_file():
-            result = pickle.loads(job.result_path.read_bytes())
+            results = pickle.loads(job.result_path.read_bytes())
             job.result_path.unlink()
+            if not isinstance(results, dict):
+                results = {first: results}
         else:
             how = f"was killed by signal {-code}" if code < 0 else f"ended with exit status {code}"
             message = (f"the job's process {how} before the run finished (out of memory? killed?); its "
-                       f"output is in {job.job_dir / OUTPUT_LOG}")
-            _record_end(job.job_dir, "failed", message)
-            result = JobReturn(overrides=job.overrides, status=JobStatus.FAILED, working_dir=os.getcwd())
-            result.return_value = JobProcessDied(message)
-        (job.result_path.parent / f"job-{job.idx}.pkl").unlink(missing_ok=True)
-        status, detail = _outcome(job.job_dir, result)
-        log.info(f"\t#{job.idx} {status} after {seconds:.1f} s{detail}")
-        return result
+                       f"output is in {job.job_dirs[first] / OUTPUT_LOG}")
+            results = {}
+            for idx in job.nums:
+                _record_end(job.job_dirs[idx], "failed", message)
+                result = JobReturn(overrides=job.overrides[idx], status=JobStatus.FAILED, working_dir=os.getcwd())
+                result.return_value = JobProcessDied(message)
+                results[idx] = result
+        (job.result_path.parent / f"job-{first}.pkl").unlink(missing_ok=True)
+        for idx in job.nums:
+            status, detail = _outcome(job.job_dirs[idx], results[idx])
+            log.info(f"\t#{idx} {status} after {seconds:.1f} s{detail}")
+        return results
 
     def _stop(self, jobs: list[_Running]) -> None:
         """On the way out early (Ctrl-C, an error): SIGTERM lets each job save its state, then kill."""
@@ -169,7 +200,8 @@ class LocalGpusLauncher(Launcher):
             except subprocess.TimeoutExpired:
                 job.process.kill()
                 job.process.wait()
-            _record_end(job.job_dir, "interrupted", "stopped when the sweep was stopped; rerun the sweep with "
+            for job_dir in job.job_dirs.values():
+                _record_end(job_dir, "interrupted", "stopped when the sweep was stopped; rerun the sweep with "
                                                     "hydra.sweep.dir=... to resume it")
 
 

@@ -64,6 +64,7 @@ class Group:
         self.entries: dict[tuple, Entry] = {}
         self.scheduler: Optional[greenlet] = None
         self.stop_signal: Optional[int] = None  # a signal received: members stop at their next turn
+        self.halted: Optional[SystemExit] = None  # a member's exit not asked by kdrun (submitit's requeue)
 
     def add(self, number: int, hydra=None) -> Member:
         member = Member(number, self, hydra, torch.get_rng_state())
@@ -103,6 +104,8 @@ class Group:
             member.result = target()
         except BaseException as e:  # noqa: BLE001  (SystemExit of an interrupted job; the others go on)
             member.error = e
+            if isinstance(e, SystemExit) and self.stop_signal is None and self.halted is None:
+                self.halted = e  # e.g. submitit requeues the job: every member stops at its next turn
         finally:
             self.leave(member)
 
@@ -116,6 +119,8 @@ class Group:
             from kdrun.training.signals import RunInterrupted
 
             raise RunInterrupted(self.stop_signal)
+        if self.halted is not None:
+            raise SystemExit(self.halted.code)
 
     def leave(self, member: Member) -> None:
         member.alive = False

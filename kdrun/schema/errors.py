@@ -163,10 +163,10 @@ def launcher_keys() -> dict[str, list[str]]:
 
     out = {"local_gpus": [f.name for f in dataclasses.fields(LocalGpusConf)]}
     try:
-        from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
+        from kdrun.schema.slurm import SlurmConf
     except ImportError:
         return out
-    out["slurm"] = [f.name for f in dataclasses.fields(SlurmQueueConf)]
+    out["slurm"] = [f.name for f in dataclasses.fields(SlurmConf)]
     return out
 
 

@@ -15,6 +15,8 @@ class LocalGpusConf:
     jobs_per_device: int = 1
     cpu_jobs: int = 2
     poll_s: float = 0.2
+    pack: bool = False
+    max_members: Optional[int] = None
 
 
 @dataclass
