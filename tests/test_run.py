@@ -94,3 +94,15 @@ def test_cli_default_style_run_and_user_errors(tmp_path):
     assert neg.returncode == 2
     out = neg.stdout + neg.stderr
     assert "method.T" in out and "Traceback" not in out
+
+
+def test_the_cli_starts_without_importing_torchvision():
+    """torchvision's import (its ops pull in torch._dynamo) cost every kdrun command 1.5-2 s: the tv_* models
+    and the image-folder pipeline import it when they are used."""
+    import subprocess
+    import sys
+
+    code = "import sys, kdrun.cli, kdrun.run; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

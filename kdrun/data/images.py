@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torchvision.transforms.v2.functional as F
 
 DECODERS = ("torchvision", "pil")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet normalisation, of pixels in 0..1
@@ -90,6 +89,8 @@ class ImagePipeline:
 
     def __call__(self, path: str, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """The crop of the image at `path`: augmented with `generator` (training), else the evaluation crop."""
+        import torchvision.transforms.v2.functional as F  # here: importing torchvision costs every command a second
+
         image = read_image(path, self.decoder)
         if generator is not None and self.scale is not None:
             height, width = F.get_size(image)
