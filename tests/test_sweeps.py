@@ -141,35 +141,21 @@ def test_sweep_with_a_failing_grid_point_writes_the_summary(tmp_path, capsys):
     assert "failed" in grid and "-1" in grid
 
 
-def test_local_gpus_launcher_runs_two_jobs_at_once_on_cpu(tmp_path):
+def test_local_gpus_launcher_runs_a_packed_group_and_a_job_alone_at_once_on_cpu(tmp_path):
+    """Two processes at once: jobs #0 and #1 packed in one (hydra.launcher.pack=true), #2 alone in the other
+    (the path of every job without pack); three seeds of one configuration, pooled by the summary."""
     sweep = tmp_path / "sweep"
-    proc = kdrun_cli(["-m", "hydra/launcher=local_gpus", "hydra.launcher.cpu_jobs=2", *QUICK, "seed=0,1",
+    proc = kdrun_cli(["-m", "hydra/launcher=local_gpus", "hydra.launcher.cpu_jobs=2", "hydra.launcher.pack=true",
+                      "hydra.launcher.max_members=2", *QUICK, "seed=0,1,2", "data_seed=0", "teacher.seed=0",
                       f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env={"CUDA_VISIBLE_DEVICES": ""})
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
-    assert "Launching 2 jobs locally, 2 at a time (CPU, CPU;" in out
-    assert "#0 completed" in out and "#1 completed" in out
+    assert "Launching 3 jobs locally, 2 at a time (CPU, CPU;" in out
+    assert "Packing 3 jobs: 1 group(s), 1 job(s) alone" in out and "packed together: #0, #1" in out
+    assert "#2 alone: the last of its group after hydra.launcher.max_members=2" in out
+    assert "#1 on CPU (packed with #0)" in out and all(f"#{i} completed" in out for i in range(3))
     runs = run_dirs(sweep)
-    assert [r.name for r in runs] == ["0", "1"]
-    for r in runs:
-        assert read_json(r / "metrics.json")["status"] == "completed"
-        assert "test acc" in (r / "output.log").read_text()  # the job's own console output
-    (row,) = _summary_rows(sweep)  # two seeds of one configuration
-    assert (row["n"], row["failed"], row["seeds"]) == ("2", "0", "0 1")
-    assert not (sweep / ".launcher").exists()  # the hand-off files are cleaned up
-
-
-def test_local_gpus_launcher_packs_a_group_into_one_process(tmp_path):
-    sweep = tmp_path / "sweep"
-    proc = kdrun_cli(["-m", "hydra/launcher=local_gpus", "hydra.launcher.pack=true", *QUICK, "method.T=2,4",
-                      "train.batch_size=32,16", f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
-                     env={"CUDA_VISIBLE_DEVICES": ""})
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out
-    assert "Packing 4 jobs: 2 group(s), 0 job(s) alone" in out and "packed together: #2, #3" in out
-    assert "Launching 4 jobs locally, 2 at a time" in out and "#1 on CPU (packed with #0)" in out
-    runs = run_dirs(sweep)
-    assert [r.name for r in runs] == ["0", "1", "2", "3"]
+    assert [r.name for r in runs] == ["0", "1", "2"]
     for r in runs:
         assert read_json(r / "metrics.json")["status"] == "completed"
         log = (r / "kdrun.log").read_text()  # each member's log holds its own lines only
@@ -177,7 +163,10 @@ def test_local_gpus_launcher_packs_a_group_into_one_process(tmp_path):
     group_output = (sweep / "0" / "output.log").read_text()
     assert "test acc" in group_output and str(sweep / "1") in group_output  # both members' console lines
     assert str(sweep / "0" / "output.log") in (sweep / "1" / "output.log").read_text()
-    assert len(_summary_rows(sweep)) == 4 and not (sweep / ".launcher").exists()
+    assert "test acc" in (sweep / "2" / "output.log").read_text()  # the job's own console output
+    (row,) = _summary_rows(sweep)  # three seeds of one configuration
+    assert (row["n"], row["failed"], row["seeds"]) == ("3", "0", "0 1 2")
+    assert not (sweep / ".launcher").exists()  # the hand-off files are cleaned up
 
 
 def test_a_job_process_that_dies_is_recorded_as_failed(tmp_path):
