@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 import kdrun.schedules.runner as runner_module
 from conftest import QUICK, compose_config, kdrun_cli, read_json
+from inprocess import kdrun_in_process
 from kdrun.data import build_dataset
 from kdrun.errors import UserError
 from kdrun.methods import METHODS
@@ -219,14 +220,13 @@ def test_interrupted_multistage_run_resumes_at_its_stage_and_epoch(schedule, sto
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_cli_ban_summary_and_takd_without_assistants(tmp_path):
+def test_cli_ban_summary_and_takd_without_assistants(tmp_path, monkeypatch, capsys):
     proc = kdrun_cli(QUICK + ["schedule=ban", "schedule.generations=2"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ensemble of 2 (gen1, gen2)" in proc.stdout and "stage gen1" in proc.stdout
 
-    bad = kdrun_cli(QUICK + ["schedule=takd"], cwd=tmp_path)
-    out = bad.stdout + bad.stderr
-    assert bad.returncode == 2 and "schedule.assistants" in out and "Traceback" not in out
+    code, out = kdrun_in_process(QUICK + ["schedule=takd"], tmp_path, monkeypatch, capsys)  # the same entry point
+    assert code == 2 and "schedule.assistants" in out and "Traceback" not in out
 
 
 WRN = [o for o in QUICK if not o.startswith(("teacher", "student"))] + [

@@ -119,11 +119,12 @@ def _summary_rows(sweep: Path) -> list[dict]:
     return list(csv.DictReader((sweep / "summary.csv").open()))
 
 
-def test_sweep_with_a_failing_grid_point_writes_the_summary(tmp_path, capsys):
+def test_sweep_with_a_failing_grid_point_writes_the_summary(tmp_path, monkeypatch, capsys):
     sweep = tmp_path / "sweep"
-    proc = kdrun_cli(["-m", *QUICK, "method.T=1,-1", "method.alpha=0.5,0.9", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 1, out
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out = kdrun_in_process(["-m", *QUICK, "method.T=1,-1", "method.alpha=0.5,0.9", f"hydra.sweep.dir={sweep}"],
+                                 tmp_path, monkeypatch, capsys)
+    assert code == 1, out
     assert "2 of 4 runs did not complete" in out and "Traceback" not in out
     runs = run_dirs(sweep)
     assert len(runs) == 4
