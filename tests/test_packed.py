@@ -124,14 +124,8 @@ def test_a_killed_group_resumes_to_the_same_results(tmp_path, monkeypatch, capsy
     completed epoch and ends where the same jobs end run alone."""
     args = [*BASE, "dataset.train_size=768", "train.epochs=4", "method.T=1,4", "method.alpha=0.5,0.9"]
     out = tmp_path / "packed"
-    command = [sys.executable, "-m", "kdrun", "-m", "hydra/launcher=packed", *args, f"hydra.sweep.dir={out}"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None and not any(
-            len(_history(p)) >= 1 for p in out.glob("*/metrics.json")):
-        time.sleep(0.05)
+    command, env, process = _start_until_an_epoch_ends(args, out, tmp_path, stdout=subprocess.DEVNULL,
+                                                       stderr=subprocess.DEVNULL, start_new_session=True)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     done = [len(_history(p)) for p in sorted(out.glob("*/metrics.json"))]
@@ -142,6 +136,18 @@ def test_a_killed_group_resumes_to_the_same_results(tmp_path, monkeypatch, capsy
     code, _ = kdrun_in_process(["-m", *args, f"hydra.sweep.dir={tmp_path / 'alone'}"], tmp_path, monkeypatch, capsys)
     assert code == 0
     assert_same_runs(tmp_path / "alone", out)
+
+
+def _start_until_an_epoch_ends(args, out: Path, cwd: Path, **popen):
+    """`kdrun -m hydra/launcher=packed ARGS` in a process, returned once a member has finished an epoch."""
+    command = [sys.executable, "-m", "kdrun", "-m", "hydra/launcher=packed", *args, f"hydra.sweep.dir={out}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, cwd=cwd, env=env, **popen)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None and not any(
+            len(_history(p)) >= 1 for p in out.glob("*/metrics.json")):
+        time.sleep(0.05)
+    return command, env, process
 
 
 def _history(path: Path) -> list:
@@ -170,14 +176,8 @@ def test_sigterm_stops_every_member_and_each_records_it(tmp_path):
     the others at their next turn; each records `interrupted`, and kdrun -m exits with 143."""
     args = [*BASE, "dataset.train_size=768", "train.epochs=4", "method.T=1,4"]
     out = tmp_path / "packed"
-    command = [sys.executable, "-m", "kdrun", "-m", "hydra/launcher=packed", *args, f"hydra.sweep.dir={out}"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None and not any(
-            len(_history(p)) >= 1 for p in out.glob("*/metrics.json")):
-        time.sleep(0.05)
+    _, _, process = _start_until_an_epoch_ends(args, out, tmp_path, stdout=subprocess.PIPE,
+                                               stderr=subprocess.STDOUT, text=True)
     process.send_signal(signal.SIGTERM)
     text, _ = process.communicate(timeout=120)
     assert process.returncode == 143, text[-3000:]

@@ -15,7 +15,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from hydra_plugins.kdrun_launchers.sweeper import sweep_job_config
+from hydra_plugins.kdrun_launchers.sweeper import KdrunSweeper, sweep_job_config
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def plan(configs: dict[int, DictConfig], max_members: Optional[int]) -> list[lis
     """The sweep's units (a packed group, or one job alone), logged as the launcher runs them."""
     from kdrun.packed.grouping import plan_groups
 
-    groups, alone = plan_groups({idx: _task_dict(c) for idx, c in configs.items()}, max_members)
+    groups, alone = plan_groups({idx: KdrunSweeper.resolved(c)[1] for idx, c in configs.items()}, max_members)
     log.info(f"Packing {len(configs)} jobs: {len(groups)} group(s), {len(alone)} job(s) alone")
     for nums in groups:
         log.info(f"\tpacked together: #{', #'.join(map(str, nums))}")
@@ -115,19 +115,6 @@ def run_group(configs: dict[int, DictConfig], callbacks, task_function, verbose)
     if group.halted is not None:
         raise group.halted
     return results, group.stop_signal
-
-
-def _task_dict(config: DictConfig) -> dict:
-    """The job's task config as plain data (resolved as its job sees it)."""
-    task_cfg = copy.deepcopy(config)
-    with read_write(task_cfg), open_dict(task_cfg):
-        del task_cfg["hydra"]
-    saved = HydraConfig.instance().cfg
-    HydraConfig.instance().set_config(config)
-    try:
-        return OmegaConf.to_container(task_cfg, resolve=True)
-    finally:
-        HydraConfig.instance().cfg = saved
 
 
 def _job_return(config: DictConfig, task_cfg: DictConfig, member) -> JobReturn:

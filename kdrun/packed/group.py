@@ -15,7 +15,6 @@ skipped ones itself, so its data is always its own iterator's.
 """
 from __future__ import annotations
 
-import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
@@ -132,26 +131,15 @@ class Group:
 
     def _signals_stop_members(self):
         """SIGINT/SIGTERM: every member stops at its next turn, the one computing now at once."""
-        import contextlib
+        from kdrun.training.signals import RunInterrupted, handling
 
-        from kdrun.training.signals import RunInterrupted, handled_signals
+        def handler(signum, frame):
+            if self.stop_signal is None:
+                self.stop(signum)
+                if _running is not None:
+                    raise RunInterrupted(signum)
 
-        @contextlib.contextmanager
-        def block():
-            def handler(signum, frame):
-                if self.stop_signal is None:
-                    self.stop(signum)
-                    if _running is not None:
-                        raise RunInterrupted(signum)
-
-            previous = {s: signal.signal(s, handler) for s in handled_signals()}
-            try:
-                yield
-            finally:
-                for s, h in previous.items():
-                    signal.signal(s, h if h is not None else signal.SIG_DFL)
-
-        return block()
+        return handling(handler)
 
     @staticmethod
     def _suspend(member: Member) -> None:

@@ -57,6 +57,13 @@ def interrupts_raise() -> Iterator[None]:
             fired = True
             raise RunInterrupted(signum)
 
+    with handling(handler):
+        yield
+
+
+@contextlib.contextmanager
+def handling(handler) -> Iterator[None]:
+    """`handler` for SIGTERM and SIGINT (those kdrun handles) within the block; the previous ones after."""
     previous = {s: signal.signal(s, handler) for s in handled_signals()}
     try:
         yield
