@@ -384,15 +384,16 @@ def test_smoke_run_produces_the_side_by_side_table(script, tmp_path):
 def test_teacher_seed_pins_one_teacher_for_all_student_seeds(tmp_path, monkeypatch, capsys):
     from tests.conftest import QUICK, read_json, run_dirs
 
-    done = kdrun_cli(["-m", *QUICK, "teacher.seed=7", "seed=0,1", "hydra.sweep.dir=s"], cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
+    from inprocess import kdrun_in_process
+
+    code, out = kdrun_in_process(["-m", *QUICK, "teacher.seed=7", "seed=0,1", "hydra.sweep.dir=s"], tmp_path,
+                                 monkeypatch, capsys)
+    assert code == 0, out[-2000:]
     cached = list((tmp_path / "cache" / "teachers").glob("*.pt"))
     assert len(cached) == 1 and "-s7-" in cached[0].name
     sources = {read_json(d / "metrics.json")["teacher_source"] for d in run_dirs(tmp_path / "s")}
     assert sources == {str(cached[0])}
     assert compose_config([]).teacher.seed is None
-    from inprocess import kdrun_in_process
-
     code, out = kdrun_in_process([*QUICK, "teacher.seed=abc", "hydra.run.dir=bad"], tmp_path, monkeypatch, capsys)
     assert code == 2 and "teacher.seed=abc" in out and "Traceback" not in out
 
