@@ -29,6 +29,15 @@ def sweep(args, tmp_path, monkeypatch, capsys, name, packed: bool):
     return code, text, out
 
 
+def alone_then_packed(args, tmp_path, monkeypatch, capsys) -> tuple[str, Path, Path]:
+    """The sweep one job after the other, then packed; both must succeed. (packed output, both sweep dirs)"""
+    code, _, alone = sweep(args, tmp_path, monkeypatch, capsys, "alone", packed=False)
+    assert code == 0
+    code, text, packed = sweep(args, tmp_path, monkeypatch, capsys, "packed", packed=True)
+    assert code == 0, text
+    return text, alone, packed
+
+
 def jobs(out: Path) -> dict[str, dict]:
     return {p.name: read_json(p / "metrics.json") for p in sorted(out.iterdir()) if (p / "metrics.json").is_file()}
 
@@ -55,10 +64,7 @@ def assert_same_runs(alone: Path, packed: Path) -> None:
     ["method=crd", "method.nce_k=8", "method.feat_dim=8", "method.beta=0.5,0.8"],
 ], ids=["kd", "kd_grid", "dkd", "crd"])
 def test_packed_members_equal_their_runs_alone(args, tmp_path, monkeypatch, capsys):
-    code, _, alone = sweep(args, tmp_path, monkeypatch, capsys, "alone", packed=False)
-    assert code == 0
-    code, text, packed = sweep(args, tmp_path, monkeypatch, capsys, "packed", packed=True)
-    assert code == 0, text
+    text, alone, packed = alone_then_packed(args, tmp_path, monkeypatch, capsys)
     assert "packed together: #0, #1" in text
     assert_same_runs(alone, packed)
     own, other = (packed / "1" / "kdrun.log").read_text(), str(packed / "0")
@@ -69,10 +75,7 @@ def test_packed_members_equal_their_runs_alone(args, tmp_path, monkeypatch, caps
 def test_a_sweep_of_shareable_and_unshareable_jobs(tmp_path, monkeypatch, capsys):
     """Two students (two groups) and a method with input gradients (alone), as when run one by one."""
     args = ["method=kd,grad_at", "student.hidden=[16],[12]", "method.T=1,4"]
-    code, _, alone = sweep(args, tmp_path, monkeypatch, capsys, "alone", packed=False)
-    assert code == 0
-    code, text, packed = sweep(args, tmp_path, monkeypatch, capsys, "packed", packed=True)
-    assert code == 0, text
+    text, alone, packed = alone_then_packed(args, tmp_path, monkeypatch, capsys)
     assert "Packing 8 jobs: 2 group(s), 4 job(s) alone" in text
     # student.hidden (from QUICK) varies slowest, then the method, then T
     assert "packed together: #0, #1" in text and "packed together: #4, #5" in text
@@ -160,10 +163,7 @@ def _history(path: Path) -> list:
 def test_a_seed_sweep_with_one_data_seed_packs(tmp_path, monkeypatch, capsys):
     """seed=0,1 data_seed=0 teacher.seed=0: one group (same batches, same teacher), each seed its own student."""
     args = ["seed=0,1", "data_seed=0", "teacher.seed=0"]
-    code, _, alone = sweep(args, tmp_path, monkeypatch, capsys, "alone", packed=False)
-    assert code == 0
-    code, text, packed = sweep(args, tmp_path, monkeypatch, capsys, "packed", packed=True)
-    assert code == 0, text
+    text, alone, packed = alone_then_packed(args, tmp_path, monkeypatch, capsys)
     assert "packed together: #0, #1" in text
     assert_same_runs(alone, packed)
     w0, w1 = (torch.load(packed / n / "student.pt") for n in ("0", "1"))
