@@ -2,11 +2,14 @@
 
     python scripts/bench_sweep.py                         # 4 jobs: method.T=1,4 method.alpha=0.5,0.9
     python scripts/bench_sweep.py --train-size 1024 --epochs 1 --out /tmp/bench_sweep
+    python scripts/bench_sweep.py --device cuda --sweep method.T=1,2,4,8 method.alpha=0.5,0.9   # 8 jobs on a GPU
 
 wrn40_2 -> wrn16_2, Hinton's KD, CIFAR-shaped synthetic data (3x32x32, 100 classes) with crop + flip.
 The teacher is trained first (teacher.train.epochs, untimed) into a cache both sweeps read. Each sweep
 runs in this process through kdrun's own entry point; prints both wall times, the training images per
-second of each job, and the ratio (one after the other / packed).
+second of each job, and the ratio (one after the other / packed). Packed runs with the members taking
+turns (hydra.launcher.batch_students=false); on a GPU, or with --batched, also with the students as one
+batched computation (batch_students=true).
 """
 from __future__ import annotations
 
@@ -49,12 +52,20 @@ def main() -> None:
     parser.add_argument("--sweep", nargs="+", default=["method.T=1,4", "method.alpha=0.5,0.9"])
     parser.add_argument("--precision", default="fp32", help="train.precision (fp32: the results are bit-identical)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--batched", action="store_true",
+                        help="also time packed with batch_students=true (on by itself on a GPU)")
     parser.add_argument("--out", default="outputs/bench_sweep", help="sweep directories and the teacher cache")
     args = parser.parse_args()
     load = os.getloadavg()[0]
     out = Path(args.out)
-    shutil.rmtree(out / "packed", ignore_errors=True)
-    shutil.rmtree(out / "one_by_one", ignore_errors=True)
+    import torch
+
+    gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
+    variants = {"one_by_one": [], "packed": ["hydra/launcher=packed", "hydra.launcher.batch_students=false"]}
+    if args.batched or gpu:
+        variants["batched"] = ["hydra/launcher=packed", "hydra.launcher.batch_students=true"]
+    for name in variants:
+        shutil.rmtree(out / name, ignore_errors=True)
     os.environ.setdefault("KDRUN_CACHE_DIR", str(out / "cache"))
     common = ["teacher=wrn40_2", "student=wrn16_2", "method=kd", "dataset=synthetic", "dataset.channels=3",
               "dataset.image_size=32", "dataset.num_classes=100", f"dataset.train_size={args.train_size}",
@@ -68,7 +79,7 @@ def main() -> None:
     jobs = 1
     for value in args.sweep:
         jobs *= len(value.split("=", 1)[1].split(","))
-    for name, launcher in (("one_by_one", []), ("packed", ["hydra/launcher=packed"])):
+    for name, launcher in variants.items():
         started = time.perf_counter()
         code = kdrun(["-m", *launcher, *common, *args.sweep, f"hydra.sweep.dir={out / name}"])
         times[name] = time.perf_counter() - started
@@ -79,7 +90,10 @@ def main() -> None:
     for name, seconds in times.items():
         print(f"{name:>11}: {seconds:7.1f} s wall, {images * jobs / seconds:7.1f} training images/s in all, "
               f"{images / seconds:7.1f} per job")
-    print(f"ratio (one by one / packed): {times['one_by_one'] / times['packed']:.2f}x")
+    for name in [n for n in times if n != "one_by_one"]:
+        print(f"ratio (one by one / {name}): {times['one_by_one'] / times[name]:.2f}x")
+    if gpu:
+        print(f"GPU: {torch.cuda.get_device_name()}")
 
 
 if __name__ == "__main__":

@@ -21,10 +21,10 @@ BASE = QUICK + ["train.epochs=2", "train.batch_size=16", "train.precision=fp32",
                 "dataset.augment={crop_padding:2,flip:true}"]
 
 
-def sweep(args, tmp_path, monkeypatch, capsys, name, packed: bool):
+def sweep(args, tmp_path, monkeypatch, capsys, name, packed: bool, base=tuple(BASE)):
     out = tmp_path / name
     launcher = ["hydra/launcher=packed"] if packed else []
-    code, text = kdrun_in_process(["-m", *launcher, *BASE, *args, f"hydra.sweep.dir={out}"], tmp_path, monkeypatch,
+    code, text = kdrun_in_process(["-m", *launcher, *base, *args, f"hydra.sweep.dir={out}"], tmp_path, monkeypatch,
                                   capsys)
     return code, text, out
 
@@ -184,3 +184,91 @@ def test_sigterm_stops_every_member_and_each_records_it(tmp_path):
     ended = {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob("*/metrics.json"))}
     assert sorted(ended) == ["0", "1"] and all(m["status"] == "interrupted" for m in ended.values()), ended
     assert all(len(m["history"]) < 4 for m in ended.values())
+
+
+def test_batched_students_agree_with_their_runs_alone(tmp_path, monkeypatch, capsys):
+    """hydra.launcher.batch_students=true on the CPU: kd and dkd members' students (convolutions, batch
+    norms) run as one vmapped forward and backward; each member's results and weights match its run
+    alone to float rounding, and its files hold its own weights only."""
+    base = [a for a in BASE if not a.startswith("student.")] + ["student=resnet8"]
+    args = ["method=kd,dkd", "method.T=1,4"]
+    code, _, alone = sweep(args, tmp_path, monkeypatch, capsys, "alone", packed=False, base=base)
+    assert code == 0
+    code, text, packed = sweep([*args, "hydra.launcher.batch_students=true"], tmp_path, monkeypatch, capsys,
+                               "packed", packed=True, base=base)
+    assert code == 0, text
+    # kd's and dkd's stages draw their own batches: two batched pairs, each logged by its last member
+    assert "Packed jobs #0, #1: their 2 students train as one batched computation" in \
+        (packed / "1" / "kdrun.log").read_text()
+    assert "Packed jobs #2, #3: their 2 students" in (packed / "3" / "kdrun.log").read_text()
+    a, b = jobs(alone), jobs(packed)
+    assert a.keys() == b.keys() and len(a) == 4
+    for name in a:
+        assert b[name]["status"] == "completed"
+        losses = [e["train_loss"] for e in a[name]["history"]], [e["train_loss"] for e in b[name]["history"]]
+        assert losses[0] == pytest.approx(losses[1], rel=1e-4), name
+        wa, wb = torch.load(alone / name / "student.pt"), torch.load(packed / name / "student.pt")
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-5), (name, k)
+        assert (packed / name / "student.pt").stat().st_size < 1.2 * (alone / name / "student.pt").stat().st_size
+
+
+def test_members_meet_once_each_time_and_go_on_without_one_that_fails():
+    """kdrun.packed.group's meetings (how members batch their students): computed once, by the last to
+    arrive, with the parts of every member there; a member that fails in between is not waited for."""
+    from kdrun.packed.group import Group
+
+    group, computed = Group(), []
+
+    def compute(parts):
+        computed.append(sorted(m.number for m in parts))
+        return {m: part * 10 for m, part in parts.items()}
+
+    def job(member):
+        first = group.meet(member, "forward", member.number, compute)
+        if member.number == 2:
+            raise ValueError("fails between the meetings")
+        return first, group.meet(member, "backward", first + 1, compute)
+
+    members = [group.add(n) for n in range(3)]
+    group.run({m: (lambda m=m: job(m)) for m in members})
+    assert computed == [[0, 1, 2], [0, 1]]
+    assert members[0].result == (0, 10) and members[1].result == (10, 110)
+    assert isinstance(members[2].error, ValueError)
+
+
+def test_a_meeting_that_fails_fails_every_member_at_it():
+    from kdrun.packed.group import Group
+
+    group = Group()
+    members = [group.add(n) for n in range(2)]
+
+    def compute(parts):
+        raise FloatingPointError("no")
+
+    group.run({m: (lambda m=m: group.meet(m, "forward", None, compute)) for m in members})
+    assert isinstance(members[1].error, FloatingPointError)  # the last to arrive computed it
+    assert isinstance(members[0].error, RuntimeError)
+    assert "packed job #1 failed computing for its group: FloatingPointError: no" in str(members[0].error)
+
+
+@pytest.mark.parametrize("name, batches", [("kd", True), ("dkd", True), ("crd", False), ("fitnet", False),
+                                           ("grad_at", False)])
+def test_which_methods_batch_their_students(name, batches):
+    """Only methods that read nothing of the student but its logits, and train nothing but the student."""
+    from conftest import compose_config
+    from kdrun.data.base import DataInfo
+    from kdrun.methods import build_method
+    from kdrun.models.mlp import MLP
+    from kdrun.packed.batched import batchable
+    from kdrun.packed.group import Group
+
+    info = DataInfo(channels=1, image_size=(4, 4), num_classes=3, train_size=16)
+    small = ["method.nce_k=8", "method.feat_dim=8", "method.negatives=uniform"] if name == "crd" else []
+    cfg = compose_config([f"method={name}", *small])
+    distiller = build_method(cfg.method, MLP(3, 1, (4, 4), hidden=[8]), MLP(3, 1, (4, 4), hidden=[8]), info)
+    params = [p for p in distiller.parameters() if p.requires_grad]
+    cpu = torch.device("cpu")
+    assert batchable(Group(batch_students=True), distiller, params, cpu, name, distiller.forward_train) is batches
+    assert not batchable(Group(), distiller, params, cpu, name, distiller.forward_train)  # null: on a GPU only

@@ -54,7 +54,8 @@ class _Running:
 
 class LocalGpusLauncher(Launcher):
     def __init__(self, gpus: Optional[Sequence] = None, jobs_per_device: int = 1, cpu_jobs: int = 2,
-                 poll_s: float = 0.2, pack: bool = False, max_members: Optional[int] = None) -> None:
+                 poll_s: float = 0.2, pack: bool = False, max_members: Optional[int] = None,
+                 batch_students: Optional[bool] = None) -> None:  # batch_students: run_group reads the job configs
         self.gpus = list(gpus) if gpus is not None else None
         self.jobs_per_device, self.cpu_jobs, self.poll_s = int(jobs_per_device), int(cpu_jobs), float(poll_s)
         self.pack, self.max_members = bool(pack), max_members

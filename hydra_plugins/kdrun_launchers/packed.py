@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 
 
 class PackedLauncher(Launcher):
-    def __init__(self, max_members: Optional[int] = None) -> None:
-        self.max_members = max_members
+    def __init__(self, max_members: Optional[int] = None, batch_students: Optional[bool] = None) -> None:
+        self.max_members = max_members  # batch_students: read from each job's config by run_group
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
         self.task_function: Optional[TaskFunction] = None
@@ -86,7 +86,7 @@ def run_group(configs: dict[int, DictConfig], callbacks, task_function, verbose)
     from kdrun.packed.group import Group
 
     saved = HydraConfig.instance().cfg
-    group, jobs = Group(), {}
+    group, jobs = Group(batch_students=next(iter(configs.values())).hydra.launcher.get("batch_students")), {}
     for idx, config in configs.items():
         HydraConfig.instance().set_config(config)
         output_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)

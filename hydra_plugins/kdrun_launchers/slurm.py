@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 if SubmititSlurmLauncher is not None:
 
     class SlurmLauncher(SubmititSlurmLauncher):
-        def __init__(self, pack: bool = False, max_members: Optional[int] = None, **params: Any) -> None:
+        def __init__(self, pack: bool = False, max_members: Optional[int] = None,
+                     batch_students: Optional[bool] = None, **params: Any) -> None:  # run_group reads batch_students
             super().__init__(**params)
             self.pack, self.max_members = bool(pack), max_members
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from kdrun.data.base import DataInfo
+from kdrun import packed
 from kdrun.errors import require
 from kdrun.methods.config import MethodConfig
 from kdrun.methods.precision import full_precision, loss_inputs
@@ -139,7 +140,7 @@ class Distiller(nn.Module):
         """Student logits and the named, weighted loss terms of one training batch of `phase`."""
         if self.input_gradients:
             x = x.detach().requires_grad_(True)
-        s_logits = self.student(x)
+        s_logits = packed.student_forward(self, x)  # in a packed group, maybe batched with the others' students
         s_feats = self._student_hooks.take() if self._student_hooks else {}
         weights = self.weights(epoch, phase)
         needed = frozenset(name for name, weight in weights.items() if weight)

@@ -1,7 +1,8 @@
 """Packed sweeps (`hydra/launcher=packed`): the jobs of a sweep that can share work run in one process,
 one greenlet per job on one thread, taking turns at batch boundaries (`kdrun.packed.group`). Each member runs kdrun's
 normal code path; the training loop asks this module for its batches and its teacher outputs, which a
-member of a group shares with the others, and which are the loop's own outside a group.
+member of a group shares with the others, and for its student's forward and backward, which members
+compute together where they batch (kdrun.packed.batched); outside a group they are the loop's own.
 """
 from __future__ import annotations
 
@@ -28,6 +29,36 @@ def teacher_pass(stage: str, cache) -> Optional[object]:
     from kdrun.packed.teacher import SharedTeacherPass
 
     return SharedTeacherPass(member, cache)
+
+
+def batch_students(distiller, params: list, device, stage: str, forward) -> None:
+    """At a stage's start: whether a packed member's student computes batched with the others'
+    (kdrun.packed.batched); nothing outside a group."""
+    if current() is not None:
+        from kdrun.packed.batched import batch_students as decide
+
+        decide(distiller, params, device, stage, forward)
+
+
+def student_forward(distiller, x):
+    """The student's logits: its own forward, or its slice of a packed group's batched forward."""
+    member = current()
+    if member is None or member.batching is None:
+        return distiller.student(x)
+    from kdrun.packed.batched import student_forward as batched
+
+    return batched(distiller, x)
+
+
+def backward(loss) -> None:
+    """`loss.backward()`, or one backward with the other members' losses after a batched forward."""
+    member = current()
+    if member is None or member.step is None:
+        loss.backward()
+        return
+    from kdrun.packed.batched import backward as together
+
+    together(loss)
 
 
 def this_member():

@@ -4,7 +4,7 @@ Each member runs in its own greenlet (a coroutine with its own stack): only the 
 turn computes, and it hands the turn back to the group's scheduler each time it asks for a training
 batch; the scheduler resumes the next member (round robin). One OS thread means one intra-op thread
 pool for every member (threads each got their own OpenMP team, which made every step ~20 % slower).
-On handing over, the member's torch random state (CPU, and CUDA when in use) and grad mode are saved
+On handing over, the member's torch random state (CPU, and CUDA when in use), grad and autocast modes are saved
 and the next member's put back, and Hydra's job config (a process-wide singleton) is set to the next
 member's, so each member draws exactly the random numbers it draws alone.
 
@@ -12,16 +12,21 @@ Batches are shared by key (the data seed of the stage's epoch) and position: the
 for one prepares it from its own iterator, the others take it; a batch is dropped once no member still
 needs it. A member whose iterator is behind (another member prepared the batches it skipped) draws the
 skipped ones itself, so its data is always its own iterator's.
+
+Members can also meet to compute one thing together (`meet`; kdrun.packed.batched batches their
+students' forwards and backwards so): each brings its part and waits; once every member of the group
+waits at a meeting, the last to arrive at each computes it, in its own turn and state, for all.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Hashable, Iterator, Optional
 
 import torch
 from greenlet import getcurrent, greenlet
 
 TEACHER_STAGE = "teacher"  # kdrun.training.teacher's stage name: trained within one turn, not shared
+AUTOCAST_DEVICES = ("cpu", "cuda")
 _running: Optional["Member"] = None  # the member whose greenlet computes now
 
 
@@ -41,6 +46,19 @@ class Entry:
 
 
 @dataclass(eq=False)
+class Meeting:
+    """Members computing one thing together: `compute(parts)` maps each member's part to its result."""
+    compute: Callable[[dict], dict]
+    parts: dict = field(default_factory=dict)  # member -> its part, in the order they arrived
+    host: Optional["Member"] = None  # the member that computes it (once every member waits)
+    results: Optional[dict] = None
+    error: Optional[BaseException] = None
+
+    def waits(self, member: "Member") -> bool:
+        return self.results is None and self.error is None and self.host is not member
+
+
+@dataclass(eq=False)
 class Member:
     number: int  # the job's number in the sweep
     group: "Group"
@@ -52,15 +70,22 @@ class Member:
     batch: Optional[Entry] = None  # the batch it is training on
     distiller: Any = None  # its method, once it asked for teacher outputs (the features it reads)
     grad_enabled: bool = True
+    autocast: dict = field(default_factory=dict)  # device type -> autocast on; set inside a forward, where members meet
+    waiting: Optional[Meeting] = None
+    batching: Any = None  # the method whose student computes batched with the others' (kdrun.packed.batched)
+    step: Any = None  # its part of the batched forward whose backward is still to come
     coroutine: Optional[greenlet] = None
     result: Any = None
     error: Optional[BaseException] = None
 
 
 class Group:
-    def __init__(self) -> None:
+    def __init__(self, batch_students: Optional[bool] = None) -> None:
         self.members: list[Member] = []
         self.entries: dict[tuple, Entry] = {}
+        self.meetings: dict[Hashable, Meeting] = {}
+        self.batch_students = batch_students  # None: on a GPU (kdrun.packed.batched)
+        self.stacks: dict[tuple, Any] = {}  # the students' stacked weights, by the members they hold
         self.scheduler: Optional[greenlet] = None
         self.stop_signal: Optional[int] = None  # a signal received: members stop at their next turn
         self.halted: Optional[SystemExit] = None  # a member's exit not asked by kdrun (submitit's requeue)
@@ -88,14 +113,18 @@ class Group:
                 ready = [m for m in self.members if m.alive and m.coroutine is not None]
                 if not ready:
                     break
+                ran = False
                 for member in ready:
-                    if not member.alive:
+                    if not member.alive or self._blocked(member):
                         continue
+                    ran = True
                     _running = member
                     try:
                         member.coroutine.switch()
                     finally:
                         _running = None
+                if not ran:  # every member waits at a meeting
+                    self._open_meetings()
 
     def _body(self, member: Member, target: Callable[[], Any]) -> None:
         try:
@@ -111,9 +140,53 @@ class Group:
     def turn(self, member: Member) -> None:
         """Hand the turn to the next member and wait for it to come back."""
         if len(self.alive()) > 1:
-            self._suspend(member)
-            self.scheduler.switch()
-            self._resume(member)
+            self._switch(member)
+        self._check_stop()
+
+    def meet(self, member: Member, key: Hashable, part: Any, compute: Callable[[dict], dict]) -> Any:
+        """`member`'s result of the meeting `key`, computed by `compute({member: part, ...})` with the parts
+        of the members that come to it before every member of the group waits at a meeting."""
+        meeting = self.meetings.setdefault(key, Meeting(compute))
+        meeting.parts[member] = part
+        member.waiting = meeting
+        try:
+            if all(self._blocked(m) for m in self.alive() if m is not member):
+                self._open_meetings()  # the last to arrive: no switch needed
+            while meeting.waits(member):
+                self._switch(member)
+                self._check_stop()
+            if meeting.host is member:
+                del self.meetings[key]
+                try:
+                    meeting.results = meeting.compute(meeting.parts)
+                except BaseException as e:
+                    meeting.error = e
+                    raise
+            if meeting.error is not None:
+                raise RuntimeError(f"packed job #{meeting.host.number} failed computing for its group: "
+                                   f"{type(meeting.error).__name__}: {meeting.error}") from meeting.error
+            return meeting.results[member]
+        finally:
+            member.waiting = None
+
+    def _blocked(self, member: Member) -> bool:
+        """Whether `member` waits at a meeting still to be computed (a stop wakes every member)."""
+        waiting = member.waiting
+        return (waiting is not None and waiting.waits(member) and self.stop_signal is None
+                and self.halted is None)
+
+    def _open_meetings(self) -> None:
+        """Every member waits: each meeting is computed by its last arrival."""
+        for meeting in self.meetings.values():
+            if meeting.host is None:
+                meeting.host = list(meeting.parts)[-1]
+
+    def _switch(self, member: Member) -> None:
+        self._suspend(member)
+        self.scheduler.switch()
+        self._resume(member)
+
+    def _check_stop(self) -> None:
         if self.stop_signal is not None:
             from kdrun.training.signals import RunInterrupted
 
@@ -145,6 +218,7 @@ class Group:
     def _suspend(member: Member) -> None:
         member.rng = torch.get_rng_state()
         member.grad_enabled = torch.is_grad_enabled()
+        member.autocast = {d: torch.is_autocast_enabled(d) for d in AUTOCAST_DEVICES}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             member.cuda_rng = torch.cuda.get_rng_state_all()
 
@@ -154,6 +228,8 @@ class Group:
 
         torch.set_rng_state(member.rng)
         torch.set_grad_enabled(member.grad_enabled)
+        for device, on in member.autocast.items():
+            torch.set_autocast_enabled(device, on)
         if member.cuda_rng is not None:
             torch.cuda.set_rng_state_all(member.cuda_rng)
         if member.hydra is not None:

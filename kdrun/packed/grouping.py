@@ -2,7 +2,8 @@
 
 Jobs pack when they see the same batches and the same teacher: the same dataset config and data seed,
 the same teacher config (and so its weights), the same student architecture, the same recipe's batch
-size, epochs, augmentation and speed settings, and a single-stage schedule. Kept conservative: a job
+size, epochs, augmentation and speed settings, and a single stage of the same name (a stage's batch
+order follows its name, so `method=kd,dkd` makes two groups). Kept conservative: a job
 whose method reads its input's gradient, trains on a strong view (MLKD), ensembles teachers, or whose
 teacher is one of the teacher's earlier epochs runs alone.
 """
@@ -18,7 +19,8 @@ from kdrun.data.config import identity_of
 RECIPE_KEYS = ("batch_size", "epochs", "augment", "precision", "channels_last", "compile", "cache_teacher")
 PART_NAMES = {"dataset": "dataset config", "data_seed": "data seed (data_seed, or seed when it is null)",
               "teacher": "teacher (its config and seed)", "student": "student", "recipe":
-              f"recipe's {', '.join(RECIPE_KEYS)}", "device": "device", "schedule": "schedule"}
+              f"recipe's {', '.join(RECIPE_KEYS)}", "device": "device", "schedule": "schedule",
+              "stage": "stage name (its batch order follows it: the method's name)"}
 
 
 def why_alone(cfg: dict) -> Optional[str]:
@@ -57,6 +59,7 @@ def pack_parts(cfg: dict) -> dict:
         "recipe": {k: train.get(k) for k in RECIPE_KEYS},
         "device": cfg.get("device"),
         "schedule": (cfg.get("schedule") or {}).get("name"),
+        "stage": [stage.get("name") for stage in (cfg.get("schedule") or {}).get("stages") or []],
     }
 
 

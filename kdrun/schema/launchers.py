@@ -17,6 +17,7 @@ class LocalGpusConf:
     poll_s: float = 0.2
     pack: bool = False
     max_members: Optional[int] = None
+    batch_students: Optional[bool] = None
 
 
 @dataclass
@@ -24,3 +25,4 @@ class PackedConf:
     """hydra/launcher=packed (conf/hydra/launcher/packed.yaml says what each key does)."""
     _target_: str = "hydra_plugins.kdrun_launchers.packed.PackedLauncher"
     max_members: Optional[int] = None
+    batch_students: Optional[bool] = None

@@ -14,3 +14,4 @@ class SlurmConf(SlurmQueueConf):
     _target_: str = "hydra_plugins.kdrun_launchers.slurm.SlurmLauncher"
     pack: bool = False
     max_members: Optional[int] = None
+    batch_students: Optional[bool] = None

@@ -117,6 +117,7 @@ def fit(
     constrained = constrained_modules(distiller, params)
     forward = distributed.data_parallel(distiller, data.device, recipe) or distiller.forward_train
     world = distributed.world_size()
+    packed.batch_students(distiller, params, data.device, stage, forward)
     result = StageResult()
     start = 1
     if checkpoint is not None and checkpoint.exists():
@@ -179,7 +180,7 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 # DDP averages the processes' gradients: weighting each share's mean loss by its size makes
                 # that the gradient of the whole batch's mean, also when the shares differ by one example
-                (loss * (count * world / batch) if world > 1 else loss).backward()
+                packed.backward(loss * (count * world / batch) if world > 1 else loss)
                 optimizer.step()
                 if constrained:
                     constrain(constrained)

@@ -1,0 +1,180 @@
+"""A packed group's students as one batched computation (`hydra.launcher.batch_students`: null, the
+default, batches on a GPU only; true also on the CPU; false never).
+
+Where the members' students have the same architecture and their methods read nothing of the student
+but its logits, the members meet at each step's student forward (kdrun.packed.group's `meet`): the
+students' weights and buffers are stacked along a new first dimension, each student's own tensors
+becoming views of the stack (its optimiser, checkpoints and evaluation see its weights as before), and
+`torch.func.vmap` runs the student over the stack: one set of kernels for K students instead of K.
+Each member computes its own loss on its slice of the logits; the members meet again at the backward,
+one backward of their losses gives each student's gradient as a slice of the stack's, and each member's
+optimiser steps on its own.
+
+Not bit-identical to the members run alone (the batched kernels sum in another order), so the CPU, where
+packing promises bit-identical results, batches only when asked to; there results agree to float
+rounding. Members that cannot batch (another method that reads student features, an input gradient,
+a compiled student) compute alone, as in a packed group without batching.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+import torch
+import torch.nn as nn
+
+from kdrun.packed.group import TEACHER_STAGE, Group, current
+
+log = logging.getLogger(__name__)
+
+
+def batch_students(distiller, params: list, device: torch.device, stage: str, forward) -> None:
+    """At a stage's start (kdrun.training.loop.fit): whether this member's student computes batched."""
+    member = current()
+    if member is None:
+        return
+    member.step = None
+    member.batching = (distiller, architecture(distiller.student)) if batchable(
+        member.group, distiller, params, device, stage, forward) else None
+
+
+def batchable(group: Group, distiller, params: list, device: torch.device, stage: str, forward) -> bool:
+    from kdrun.methods.base import Distiller
+
+    on = group.batch_students if group.batch_students is not None else device.type == "cuda"
+    student = distiller.student
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    return bool(
+        on and stage != TEACHER_STAGE
+        and forward == distiller.forward_train  # not wrapped for several devices
+        and type(distiller).forward_train is Distiller.forward_train  # the student runs once, on x
+        and distiller._student_hooks is None and not distiller.input_gradients and not distiller.strong_view
+        and not getattr(student, "_kdrun_compiled", False)
+        and len(trainable) == len(list(student.parameters()))
+        and {id(p) for p in params} == {id(p) for p in trainable}  # it trains its student, nothing else
+        and not any(m._forward_hooks or m._forward_pre_hooks for m in student.modules()))
+
+
+def architecture(student: nn.Module) -> tuple:
+    """What students batched together have in common."""
+    return (type(student),) + tuple((name, tuple(t.shape), t.dtype, t.device)
+                                    for name, t in [*student.named_parameters(), *student.named_buffers()])
+
+
+def student_forward(distiller, x: torch.Tensor) -> torch.Tensor:
+    """The student's logits on `x`: its own forward, or its slice of the group's batched forward."""
+    member = current()
+    batching = member.batching if member is not None else None
+    if batching is None or batching[0] is not distiller or member.batch is None or not torch.is_grad_enabled():
+        return distiller.student(x)
+    # Keyed by the shared batch: the members' inputs are the same tensor values (the same batch, moved to
+    # the device with the same speed settings, which members of a group share).
+    key = ("student forward", id(member.batch), batching[1], tuple(x.shape), x.dtype)
+    return member.group.meet(member, key, (distiller.student, x), forward_together)
+
+
+@dataclass(eq=False)
+class Step:
+    """One batched forward whose backward is still to come."""
+    stack: "Stack"
+    leaves: dict  # name -> the stacked weights as the graph's leaves (their grads: every student's)
+
+
+def forward_together(parts: dict) -> dict:
+    members = list(parts)
+    if len(members) == 1:
+        student, x = parts[members[0]]
+        return {members[0]: student(x)}
+    from torch.func import functional_call, vmap
+
+    students = [parts[m][0] for m in members]
+    stack = stack_of(members, students)
+    leaves = {name: t.detach().requires_grad_() for name, t in stack.params.items()}
+    x = parts[members[0]][1]
+
+    def one(params, buffers, x):
+        return functional_call(students[0], (params, buffers), (x,))
+
+    logits = vmap(one, in_dims=(0, 0, None), randomness="different")(leaves, stack.buffers, x)
+    step, results = Step(stack, leaves), {}
+    for member, student in zip(members, students):
+        k = stack.students.index(student)
+        member.step, results[member] = (step, k), logits[k]
+    return results
+
+
+def backward(loss: torch.Tensor) -> None:
+    """`loss.backward()`; after a batched forward, one backward with the other members' losses."""
+    member = current()
+    part = member.step if member is not None else None
+    if part is None:
+        loss.backward()
+        return
+    member.step = None
+    member.group.meet(member, ("student backward", id(part[0])), (loss, part), backward_together)
+
+
+def backward_together(parts: dict) -> dict:
+    torch.autograd.backward([loss for loss, _ in parts.values()])
+    for loss, (step, k) in parts.values():
+        for name, p in step.stack.named_params(k):
+            grad = step.leaves[name].grad
+            if grad is not None:
+                p.grad = grad[k] if p.grad is None else p.grad + grad[k]
+    return dict.fromkeys(parts)
+
+
+class Stack:
+    """The students' weights and buffers stacked along a new first dimension; each student's own
+    parameters and buffers are views of it, so what its optimiser and batch norms update is the stack."""
+
+    def __init__(self, students: list[nn.Module]):
+        self.students = list(students)
+        params = [dict(s.named_parameters()) for s in students]
+        buffers = [dict(s.named_buffers()) for s in students]
+        self.params = {n: torch.stack([p[n].detach() for p in params]) for n in params[0]}
+        self.buffers = {n: torch.stack([b[n] for b in buffers]) for n in buffers[0]}
+        for k, student in enumerate(students):
+            for name, p in student.named_parameters():
+                p.data = self.params[name][k]
+            for name in self.buffers:
+                owner, _, attr = name.rpartition(".")
+                student.get_submodule(owner)._buffers[attr] = self.buffers[name][k]
+            if not getattr(student, "_kdrun_saves_own_copies", False):
+                student.register_state_dict_post_hook(own_copies)
+                student._kdrun_saves_own_copies = True
+
+    def named_params(self, k: int):
+        return self.students[k].named_parameters()
+
+    def holds(self, students: list[nn.Module]) -> bool:
+        """Whether the stack is these students' (no other student's batch norms may see their batch), and
+        their weights are (still) its views."""
+        name, stacked = next(iter(self.params.items()))
+        return len(students) == len(self.students) and all(
+            s in self.students and s.get_parameter(name).data_ptr() == stacked[self.students.index(s)].data_ptr()
+            for s in students)
+
+
+def stack_of(members: list, students: list[nn.Module]) -> Stack:
+    """The group's stack holding these members' students (built, their weights copied into it, on first need)."""
+    group = members[0].group
+    for stack in group.stacks.values():
+        if stack.holds(students):
+            return stack
+    stack = Stack(students)
+    ids = {id(s) for s in students}
+    group.stacks = {k: s for k, s in group.stacks.items() if not ids & set(k)}  # their old stacks: gone
+    group.stacks[tuple(ids)] = stack
+    log.info("Packed jobs #%s: their %d students train as one batched computation (torch.func.vmap)",
+             ", #".join(str(m.number) for m in members), len(members))
+    return stack
+
+
+def own_copies(module: nn.Module, state_dict: dict, prefix: str, local_metadata) -> None:
+    """A student's state dict holds its own tensors, not views of the stack (torch.save writes a view's
+    whole storage: every member's weights)."""
+    for key, value in state_dict.items():
+        if key.startswith(prefix) and isinstance(value, torch.Tensor) and (
+                value.untyped_storage().nbytes() > value.numel() * value.element_size()):
+            state_dict[key] = value.clone()
+
