@@ -55,8 +55,8 @@ def batchable(group: Group, distiller, params: list, device: torch.device, stage
 
 
 def architecture(student: nn.Module) -> tuple:
-    """What students batched together have in common."""
-    return (type(student),) + tuple((name, tuple(t.shape), t.dtype, t.device)
+    """What students batched together have in common (the batched forward runs the first one's code)."""
+    return (type(student), repr(student)) + tuple((name, tuple(t.shape), t.dtype, t.device)
                                     for name, t in [*student.named_parameters(), *student.named_buffers()])
 
 
@@ -68,7 +68,7 @@ def student_forward(distiller, x: torch.Tensor) -> torch.Tensor:
         return distiller.student(x)
     # Keyed by the shared batch: the members' inputs are the same tensor values (the same batch, moved to
     # the device with the same speed settings, which members of a group share).
-    key = ("student forward", id(member.batch), batching[1], tuple(x.shape), x.dtype)
+    key = ("student forward", id(member.batch), batching[1], distiller.student.training, tuple(x.shape), x.dtype)
     return member.group.meet(member, key, (distiller.student, x), forward_together)
 
 
