@@ -18,6 +18,7 @@ a compiled student) compute alone, as in a packed group without batching.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 import torch
 import torch.nn as nn
@@ -94,7 +95,11 @@ def forward_together(parts: dict) -> dict:
     def one(params, buffers, x):
         return functional_call(students[0], (params, buffers), (x,))
 
-    logits = vmap(one, in_dims=(0, 0, None), randomness="different")(leaves, stack.buffers, x)
+    with warnings.catch_warnings():
+        # adaptive pooling of channels_last maps runs once per student under vmap (torch has no batching
+        # rule for its as_strided_): one small op of the forward, not worth torch's warning on every sweep
+        warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
+        logits = vmap(one, in_dims=(0, 0, None), randomness="different")(leaves, stack.buffers, x)
     step, results = Step(stack, leaves), {}
     for member, student in zip(members, students):
         k = stack.students.index(student)
