@@ -188,14 +188,37 @@ def test_sigterm_stops_every_member_and_each_records_it(tmp_path):
     assert all(len(m["history"]) < 4 for m in ended.values())
 
 
-def test_batched_students_agree_with_their_runs_alone(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("args", [
+    pytest.param(["method=kd", "method.T=1,4"], marks=pytest.mark.slow),
+    # the student's embedding read through a hook inside the batched forward; heads and memory banks per member
+    ["method=crd", "method.nce_k=8", "method.feat_dim=8", "method.beta=0.5,0.8"],
+], ids=["kd", "crd"])
+def test_batched_students_agree_with_their_runs_alone(args, tmp_path, monkeypatch, capsys):
     """hydra.launcher.batch_students=true on the CPU: the members' students (convolutions, batch norms)
     run as one vmapped forward and backward; each member's results and weights match its run alone to
     float rounding, and its files hold its own weights only."""
     base = [a for a in BASE if not a.startswith("student.")] + ["student=resnet8"]
-    args = ["method=kd", "method.T=1,4", "train.epochs=1"]
-    code, _, alone = sweep(args, tmp_path, monkeypatch, capsys, "alone", packed=False, base=base)
-    assert code == 0
+    assert_batched_as_alone([*args, "train.epochs=1"], base, tmp_path, monkeypatch, capsys, atol=1e-5)
+
+
+BATCHING = ["ab", "at", "cc", "ce", "darkrank", "fitnet", "fsp", "ft", "fullact", "nst", "ofd", "pkt",
+            "reviewkd", "rkd", "sp", "vid"]  # and kd, dkd, crd above
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BATCHING)
+def test_every_method_batches_as_it_runs_alone(name, tmp_path, monkeypatch, capsys):
+    """Features of several layers, the methods' own heads: two student seeds (one data seed, one teacher)
+    batched end within rounding (amplified by some losses: darkrank's, nst's) of their runs alone."""
+    base = [a for a in BASE if not a.startswith(("student.", "teacher"))] + [
+        "student=resnet8", "teacher=resnet8", "teacher.train.epochs=1", "teacher.train.batch_size=16"]
+    args = [f"method={name}", "seed=0,1", "data_seed=0", "teacher.seed=0", "schedule=single", "train.epochs=1"]
+    assert_batched_as_alone(args, base, tmp_path, monkeypatch, capsys, atol=5e-3)
+
+
+def assert_batched_as_alone(args, base, tmp_path, monkeypatch, capsys, atol: float) -> None:
+    code, text, alone = sweep(args, tmp_path, monkeypatch, capsys, "alone", packed=False, base=base)
+    assert code == 0, text
     code, text, packed = sweep([*args, "hydra.launcher.batch_students=true"], tmp_path, monkeypatch, capsys,
                                "packed", packed=True, base=base)
     assert code == 0, text
@@ -210,7 +233,7 @@ def test_batched_students_agree_with_their_runs_alone(tmp_path, monkeypatch, cap
         wa, wb = torch.load(alone / name / "student.pt"), torch.load(packed / name / "student.pt")
         assert wa.keys() == wb.keys()
         for k in wa:
-            assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-5), (name, k)
+            assert torch.allclose(wa[k].float(), wb[k].float(), atol=atol), (name, k)
         assert (packed / name / "student.pt").stat().st_size < 1.2 * (alone / name / "student.pt").stat().st_size
 
 
@@ -253,10 +276,11 @@ def test_a_meeting_that_fails_fails_every_member_at_it():
     assert "packed job #1 failed computing for its group: FloatingPointError: no" in str(members[0].error)
 
 
-@pytest.mark.parametrize("name, batches", [("kd", True), ("dkd", True), ("crd", False), ("fitnet", False),
-                                           ("grad_at", False)])
+@pytest.mark.parametrize("name, batches", [("kd", True), ("dkd", True), ("crd", True), ("fitnet", True),
+                                           ("grad_at", False), ("mlkd", False)])
 def test_which_methods_batch_their_students(name, batches):
-    """Only methods that read nothing of the student but its logits, and train nothing but the student."""
+    """Methods that run the whole student once per step on the batch (features read through hooks; heads
+    of their own): not those with input gradients or a strong view of their own."""
     from conftest import compose_config
     from kdrun.data.base import DataInfo
     from kdrun.methods import build_method

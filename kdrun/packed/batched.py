@@ -1,28 +1,31 @@
 """A packed group's students as one batched computation (`hydra.launcher.batch_students`: null, the
 default, batches on a GPU only; true also on the CPU; false never).
 
-Where the members' students have the same architecture and their methods read nothing of the student
-but its logits, the members meet at each step's student forward (kdrun.packed.group's `meet`): the
-students' weights and buffers are stacked along a new first dimension, each student's own tensors
-becoming views of the stack (its optimiser, checkpoints and evaluation see its weights as before), and
-`torch.func.vmap` runs the student over the stack: one set of kernels for K students instead of K.
-Each member computes its own loss on its slice of the logits; the members meet again at the backward,
-one backward of their losses gives each student's gradient as a slice of the stack's, and each member's
-optimiser steps on its own.
+Where the members' students have the same architecture and their methods train the whole student and
+run it once per step on the batch (reading features through hooks, kdrun.models.features), the members
+meet at each step's student forward (kdrun.packed.group's `meet`): the students' weights and buffers
+are stacked along a new first dimension, each student's own tensors becoming views of the stack (its
+optimiser, checkpoints and evaluation see its weights as before), and `torch.func.vmap` runs the
+student over the stack: one set of kernels for K students instead of K.
+Each member computes its own loss on its slices of the logits and features (its heads, memory banks
+and teacher pass are its own); the members meet again at the backward, one backward of their losses
+gives each student's gradient as a slice of the stack's, and each member's optimiser steps on its own.
 
 Not bit-identical to the members run alone (the batched kernels sum in another order), so the CPU, where
 packing promises bit-identical results, batches only when asked to; there results agree to float
-rounding. Members that cannot batch (another method that reads student features, an input gradient,
-a compiled student) compute alone, as in a packed group without batching.
+rounding. Members that cannot batch (an input gradient, a strong view, a stage that trains part of the
+student, a compiled student) compute alone, as in a packed group without batching.
 """
 from __future__ import annotations
 
 import logging
 import warnings
 from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
+from kdrun.models.features import FeatureHooks
 from kdrun.packed.group import TEACHER_STAGE, Group, current
 
 log = logging.getLogger(__name__)
@@ -44,15 +47,17 @@ def batchable(group: Group, distiller, params: list, device: torch.device, stage
     on = group.batch_students if group.batch_students is not None else device.type == "cuda"
     student = distiller.student
     trainable = [p for p in student.parameters() if p.requires_grad]
+    own_hooks = len(distiller._student_hooks._handles) if distiller._student_hooks is not None else 0
     return bool(
         on and stage != TEACHER_STAGE
         and forward == distiller.forward_train  # not wrapped for several devices
         and type(distiller).forward_train is Distiller.forward_train  # the student runs once, on x
-        and distiller._student_hooks is None and not distiller.input_gradients and not distiller.strong_view
+        and not distiller.input_gradients and not distiller.strong_view
         and not getattr(student, "_kdrun_compiled", False)
         and len(trainable) == len(list(student.parameters()))
-        and {id(p) for p in params} == {id(p) for p in trainable}  # it trains its student, nothing else
-        and not any(m._forward_hooks or m._forward_pre_hooks for m in student.modules()))
+        and {id(p) for p in trainable} <= {id(p) for p in params}  # the whole student trains (its heads may too)
+        and not any(m._forward_pre_hooks for m in student.modules())
+        and sum(len(m._forward_hooks) for m in student.modules()) == own_hooks)  # the method's feature hooks
 
 
 def architecture(student: nn.Module) -> tuple:
@@ -91,19 +96,31 @@ def forward_together(parts: dict) -> dict:
     stack = stack_of(members, students)
     leaves = {name: t.detach().requires_grad_() for name, t in stack.params.items()}
     x = parts[members[0]][1]
+    hooks = {m: m.batching[0]._student_hooks for m in members}
+    paths = list(dict.fromkeys(p for h in hooks.values() if h is not None for p in h.paths))
+    # The features the members' methods read, kept inside the batched forward (the students' own hooks
+    # see only the first student's module run, and each member gets its slice below).
+    reader = FeatureHooks(students[0], paths, "student") if paths else None
 
     def one(params, buffers, x):
-        return functional_call(students[0], (params, buffers), (x,))
+        logits = functional_call(students[0], (params, buffers), (x,))
+        return logits, reader.take() if reader is not None else {}
 
-    with warnings.catch_warnings():
-        # adaptive pooling of channels_last maps runs once per student under vmap (torch has no batching
-        # rule for its as_strided_): one small op of the forward, not worth torch's warning on every sweep
-        warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
-        logits = vmap(one, in_dims=(0, 0, None), randomness="different")(leaves, stack.buffers, x)
+    try:
+        with warnings.catch_warnings():
+            # adaptive pooling of channels_last maps runs once per student under vmap (torch has no batching
+            # rule for its as_strided_): one small op of the forward, not worth torch's warning on every sweep
+            warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet")
+            logits, feats = vmap(one, in_dims=(0, 0, None), randomness="different")(leaves, stack.buffers, x)
+    finally:
+        if reader is not None:
+            reader.remove()
     step, results = Step(stack, leaves), {}
     for member, student in zip(members, students):
         k = stack.students.index(student)
         member.step, results[member] = (step, k), logits[k]
+        if hooks[member] is not None:  # in the order the hooks fired, as its own forward gives them
+            hooks[member].features = {p: f[k] for p, f in feats.items() if p in hooks[member].paths}
     return results
 
 
