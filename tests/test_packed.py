@@ -296,3 +296,16 @@ def test_which_methods_batch_their_students(name, batches):
     cpu = torch.device("cpu")
     assert batchable(Group(batch_students=True), distiller, params, cpu, name, distiller.forward_train) is batches
     assert not batchable(Group(), distiller, params, cpu, name, distiller.forward_train)  # null: on a GPU only
+
+
+def test_a_group_size_below_one_is_refused_and_the_advice_works(tmp_path, monkeypatch, capsys):
+    args = ["method.T=1,4", "train.epochs=1"]
+    code, text, out = sweep([*args, "hydra.launcher.max_members=0"], tmp_path, monkeypatch, capsys, "S", packed=True)
+    assert code == 2
+    assert "hydra.launcher.max_members is the most jobs one packed group trains together: null (no limit) or 1 " \
+           "or more, got 0." in text
+    assert "Once what stopped the sweep (above) is fixed, run the command again with hydra.sweep.dir=" in \
+        " ".join(text.split())
+    code, text, out = sweep([*args, "hydra.launcher.max_members=1"], tmp_path, monkeypatch, capsys, "S", packed=True)
+    assert code == 0 and "#0 alone: hydra.launcher.max_members=1 packs no jobs together" in text
+    assert [read_json(out / n / "metrics.json")["status"] for n in ("0", "1")] == ["completed", "completed"]

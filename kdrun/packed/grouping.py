@@ -69,6 +69,11 @@ def pack_key(parts: dict) -> str:
 
 def plan_groups(configs: dict[int, dict], max_members: Optional[int] = None) -> tuple[list[list[int]], dict[int, str]]:
     """Groups of job numbers (two or more each) and, for every other job, why it runs alone."""
+    from kdrun.errors import require
+
+    require(max_members is None or (isinstance(max_members, int) and max_members >= 1),
+            f"hydra.launcher.max_members is the most jobs one packed group trains together: null (no limit) or "
+            f"1 or more, got {max_members!r}.")
     alone: dict[int, str] = {}
     parts: dict[int, dict] = {}
     by_key: dict[str, list[int]] = {}
@@ -80,12 +85,14 @@ def plan_groups(configs: dict[int, dict], max_members: Optional[int] = None) -> 
         parts[num] = pack_parts(cfg)
         by_key.setdefault(pack_key(parts[num]), []).append(num)
     groups: list[list[int]] = []
-    size = max_members if max_members and max_members > 0 else None
+    size = max_members
     for nums in by_key.values():
         chunks = [nums[i:i + size] for i in range(0, len(nums), size)] if size else [nums]
         for chunk in chunks:
             if len(chunk) > 1:
                 groups.append(chunk)
+            elif size == 1:
+                alone[chunk[0]] = "hydra.launcher.max_members=1 packs no jobs together"
             elif size and len(nums) > 1:
                 alone[chunk[0]] = f"the last of its group after hydra.launcher.max_members={size}"
             else:

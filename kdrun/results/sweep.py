@@ -106,7 +106,7 @@ def finish_sweep(exit_code: Optional[int] = None) -> int:
                 console.print(f"{len(summary.not_completed)} of {len(summary.runs)} runs did not complete "
                               f"(listed above).", style="bold red", markup=False)
                 status = 1
-        status = max(status, _report_jobs())
+        status = max(status, _report_jobs(refusal=exit_code == 2))
         _state.exit_status = status
         final = exit_code or status
         if final:
@@ -114,7 +114,9 @@ def finish_sweep(exit_code: Optional[int] = None) -> int:
     return _state.exit_status
 
 
-def _report_jobs() -> int:
+def _report_jobs(refusal: bool = False) -> int:
+    """`refusal`: kdrun stopped the sweep for an error of the user's (its message above), which the same
+    command would meet again."""
     refused = sorted(n for n, (status, _) in _state.outcomes.items() if status == "refused")
     for n in refused:
         console.print(f"Job #{n} ({_state.jobs[n] if n < len(_state.jobs) else '?'}) was refused: "
@@ -122,7 +124,9 @@ def _report_jobs() -> int:
     waiting = [n for n in range(len(_state.jobs)) if n not in _state.started]
     if waiting:
         names = ", ".join(f"#{n} ({_state.jobs[n]})" for n in waiting)
-        console.print(f"{len(waiting)} of the sweep's {len(_state.jobs)} jobs did not start: {names}. Run the same "
-                      f"command again with hydra.sweep.dir={_state.directory} to run them: completed jobs are "
+        again = ("Once what stopped the sweep (above) is fixed, run the command again" if refusal else
+                 "Run the same command again")
+        console.print(f"{len(waiting)} of the sweep's {len(_state.jobs)} jobs did not start: {names}. {again} "
+                      f"with hydra.sweep.dir={_state.directory} to run them: completed jobs are "
                       f"skipped, interrupted ones resume.", style="bold red", markup=False)
     return 1 if refused or waiting else 0
