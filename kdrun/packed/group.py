@@ -26,8 +26,11 @@ import torch
 from greenlet import getcurrent, greenlet
 
 TEACHER_STAGE = "teacher"  # kdrun.training.teacher's stage name: trained within one turn, not shared
-AUTOCAST_DEVICES = ("cpu", "cuda")
 _running: Optional["Member"] = None  # the member whose greenlet computes now
+
+
+def autocast_devices() -> tuple[str, ...]:
+    return ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
 
 
 def current() -> Optional["Member"]:
@@ -218,7 +221,7 @@ class Group:
     def _suspend(member: Member) -> None:
         member.rng = torch.get_rng_state()
         member.grad_enabled = torch.is_grad_enabled()
-        member.autocast = {d: torch.is_autocast_enabled(d) for d in AUTOCAST_DEVICES}
+        member.autocast = {d: torch.is_autocast_enabled(d) for d in autocast_devices()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             member.cuda_rng = torch.cuda.get_rng_state_all()
 
