@@ -13,6 +13,8 @@ import torch
 
 from conftest import QUICK, REPO, read_json
 from inprocess import kdrun_in_process, one_cpu_thread  # noqa: F401  (fixture: tiny models on one thread)
+from kdrun.errors import UserError
+from kdrun.models import MODELS
 from kdrun.packed.grouping import plan_groups
 
 # Augmented (crop + flip), two epochs, dropout in the student: the batches, their views and the dropout
@@ -309,3 +311,57 @@ def test_a_group_size_below_one_is_refused_and_the_advice_works(tmp_path, monkey
     code, text, out = sweep([*args, "hydra.launcher.max_members=1"], tmp_path, monkeypatch, capsys, "S", packed=True)
     assert code == 0 and "#0 alone: hydra.launcher.max_members=1 packs no jobs together" in text
     assert [read_json(out / n / "metrics.json")["status"] for n in ("0", "1")] == ["completed", "completed"]
+
+
+def _batched_step_matches_separate_steps(model: str, size: int) -> None:
+    """kdrun.packed.batched's forward and backward of two students of `model` against each run alone:
+    logits, every parameter's gradient and the batch norms' running statistics, in float64 (in fp32 the
+    first convolution's weight gradient, a sum of thousands of terms that cancel, differs by ~3e-3 of its
+    scale: the order of the sums; in float64 it is the same)."""
+    import copy
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from kdrun.packed.batched import architecture, backward_together, forward_together
+    from kdrun.packed.group import Group
+
+    torch.manual_seed(0)
+    students = [MODELS.get(model)(num_classes=5, in_channels=3, image_size=(size, size)).double().train()
+                for _ in range(2)]
+    for m in [m for s in students for m in s.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]:
+        m.p = 0.0  # its masks under vmap are other random numbers than alone
+    alone = copy.deepcopy(students)
+    x, y = torch.randn(4, 3, size, size, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+    group = Group(batch_students=True)
+    members = [group.add(n) for n in range(2)]
+    for member, student in zip(members, students):
+        member.batching = (SimpleNamespace(_student_hooks=None), architecture(student))
+    logits = forward_together({m: (s, x) for m, s in zip(members, students)})
+    backward_together({m: (F.cross_entropy(logits[m], y), m.step) for m in members})
+    def close(a, b):
+        return (a - b).abs().max() <= 1e-9 * b.abs().max() + 1e-12
+
+    for member, student, own in zip(members, students, alone):
+        expected = own(x)
+        F.cross_entropy(expected, y).backward()
+        assert close(logits[member], expected)
+        for (name, p), q in zip(student.named_parameters(), own.parameters()):
+            assert close(p.grad, q.grad), name
+        for (name, b), c in zip(student.named_buffers(), own.buffers()):
+            assert close(b.float(), c.float()), name
+
+
+def test_a_batched_step_matches_the_students_separate_steps():
+    _batched_step_matches_separate_steps("resnet8", 8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", MODELS.names())
+def test_every_zoo_model_batches(model):
+    try:
+        MODELS.get(model)(num_classes=5, in_channels=3, image_size=(32, 32))
+        size = 32
+    except UserError:  # ImageNet's models take larger images
+        size = 64
+    _batched_step_matches_separate_steps(model, size)
