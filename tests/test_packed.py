@@ -219,11 +219,17 @@ def test_every_method_batches_as_it_runs_alone(name, tmp_path, monkeypatch, caps
 
 
 def assert_batched_as_alone(args, base, tmp_path, monkeypatch, capsys, atol: float) -> None:
+    import kdrun.packed.batched as batched
+
     code, text, alone = sweep(args, tmp_path, monkeypatch, capsys, "alone", packed=False, base=base)
     assert code == 0, text
+    scored = []  # the members' test evaluations, batched too: one call for both, each epoch
+    monkeypatch.setattr(batched, "score_together", lambda parts, f=batched.score_together: scored.append(
+        len(parts)) or f(parts))
     code, text, packed = sweep([*args, "hydra.launcher.batch_students=true"], tmp_path, monkeypatch, capsys,
                                "packed", packed=True, base=base)
     assert code == 0, text
+    assert scored == [2]  # one epoch
     assert "Packed jobs #0, #1: their 2 students train as one batched computation (torch.func.vmap)" \
         in (packed / "1" / "kdrun.log").read_text()  # logged by the last to arrive, which computes it
     a, b = jobs(alone), jobs(packed)
@@ -232,6 +238,7 @@ def assert_batched_as_alone(args, base, tmp_path, monkeypatch, capsys, atol: flo
         assert b[name]["status"] == "completed"
         losses = [e["train_loss"] for e in a[name]["history"]], [e["train_loss"] for e in b[name]["history"]]
         assert losses[0] == pytest.approx(losses[1], rel=1e-4), name
+        assert a[name]["test_acc"] == b[name]["test_acc"], name
         wa, wb = torch.load(alone / name / "student.pt"), torch.load(packed / name / "student.pt")
         assert wa.keys() == wb.keys()
         for k in wa:

@@ -10,6 +10,7 @@ student over the stack: one set of kernels for K students instead of K.
 Each member computes its own loss on its slices of the logits and features (its heads, memory banks
 and teacher pass are its own); the members meet again at the backward, one backward of their losses
 gives each student's gradient as a slice of the stack's, and each member's optimiser steps on its own.
+After each epoch the members meet once more to score their students on the test split, batched alike.
 
 Not bit-identical to the members run alone (the batched kernels sum in another order), so the CPU, where
 packing promises bit-identical results, batches only when asked to; there results agree to float
@@ -122,6 +123,49 @@ def forward_together(parts: dict) -> dict:
         if hooks[member] is not None:  # in the order the hooks fired, as its own forward gives them
             hooks[member].features = {p: f[k] for p, f in feats.items() if p in hooks[member].paths}
     return results
+
+
+def test_accuracy(distiller, data, speed, evaluate) -> float:
+    """The student's test accuracy (`evaluate`, kdrun.training.loop's), or its share of the group's batched
+    evaluation: the members' students score the test split in one vmapped forward per batch."""
+    member = current()
+    batching = member.batching if member is not None else None
+    if batching is None or batching[0] is not distiller:
+        return evaluate(distiller.student, data, data.test, speed=speed)
+    key = ("test accuracy", batching[1], len(data.test))  # the members' test splits are the same (one dataset config)
+    return member.group.meet(member, key, (distiller.student, data, speed, evaluate), score_together)
+
+
+@torch.no_grad()
+def score_together(parts: dict) -> dict:
+    from torch.func import functional_call, vmap
+
+    from kdrun.training.loop import evaluation_batch_size
+
+    members = list(parts)
+    if len(members) == 1:
+        student, data, speed, evaluate = parts[members[0]]
+        return {members[0]: evaluate(student, data, data.test, speed=speed)}
+    students = [parts[m][0] for m in members]
+    _, data, speed, _ = parts[members[0]]
+    stack = stack_of(members, students)
+    modes = [s.training for s in students]
+    students[0].eval()  # the batched forward runs its code: batch norms read the stack's running statistics
+
+    def one(params, buffers, x):
+        return functional_call(students[0], (params, buffers), (x,))
+
+    correct = torch.zeros(len(stack.students), dtype=torch.long, device=data.device)
+    try:
+        for _, x, y in data.batches(data.test, evaluation_batch_size(data.device), shuffle=False):
+            with speed.autocast(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet")
+                logits = vmap(one, in_dims=(0, 0, None))(stack.params, stack.buffers, speed.batch(x))
+            correct += (logits.argmax(-1) == y).sum(-1)
+    finally:
+        students[0].train(modes[0])
+    n = max(len(data.test), 1)
+    return {m: round(100.0 * correct[stack.students.index(s)].item() / n, 4) for m, s in zip(members, students)}
 
 
 def backward(loss: torch.Tensor) -> None:
