@@ -61,13 +61,13 @@ def backward(loss) -> None:
     together(loss)
 
 
-def test_accuracy(distiller, data, speed, evaluate) -> float:
+def accuracy_on_test(distiller, data, speed, evaluate) -> float:
     """`evaluate(distiller.student, data, data.test, speed=speed)`, or the student's share of a packed
     group's batched evaluation (kdrun.packed.batched)."""
     member = current()
     if member is None or member.batching is None:
         return evaluate(distiller.student, data, data.test, speed=speed)
-    from kdrun.packed.batched import test_accuracy as batched
+    from kdrun.packed.batched import accuracy_on_test as batched
 
     return batched(distiller, data, speed, evaluate)
 

@@ -63,8 +63,8 @@ def batchable(group: Group, distiller, params: list, device: torch.device, stage
 
 def architecture(student: nn.Module) -> tuple:
     """What students batched together have in common (the batched forward runs the first one's code)."""
-    return (type(student), repr(student)) + tuple((name, tuple(t.shape), t.dtype, t.device)
-                                    for name, t in [*student.named_parameters(), *student.named_buffers()])
+    tensors = [*student.named_parameters(), *student.named_buffers()]
+    return (type(student), repr(student)) + tuple((name, tuple(t.shape), t.dtype, t.device) for name, t in tensors)
 
 
 def student_forward(distiller, x: torch.Tensor) -> torch.Tensor:
@@ -79,6 +79,23 @@ def student_forward(distiller, x: torch.Tensor) -> torch.Tensor:
     return member.group.meet(member, key, (distiller.student, x), forward_together)
 
 
+def stacked_forward(student: nn.Module, params: dict, buffers: dict, x: torch.Tensor, reader=None,
+                    randomness: str = "error") -> tuple[torch.Tensor, dict]:
+    """`student`'s code run on `x` with each student's weights of the stack: (logits, features `reader`
+    keeps), each with the students along the first dimension."""
+    from torch.func import functional_call, vmap
+
+    def one(params, buffers, x):
+        logits = functional_call(student, (params, buffers), (x,))
+        return logits, reader.take() if reader is not None else {}
+
+    with warnings.catch_warnings():
+        # adaptive pooling of channels_last maps runs once per student under vmap (torch has no batching
+        # rule for its as_strided_): one small op of the forward, not worth torch's warning on every sweep
+        warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet")
+        return vmap(one, in_dims=(0, 0, None), randomness=randomness)(params, buffers, x)
+
+
 @dataclass(eq=False)
 class Step:
     """One batched forward whose backward is still to come."""
@@ -91,28 +108,17 @@ def forward_together(parts: dict) -> dict:
     if len(members) == 1:
         student, x = parts[members[0]]
         return {members[0]: student(x)}
-    from torch.func import functional_call, vmap
-
     students = [parts[m][0] for m in members]
     stack = stack_of(members, students)
     leaves = {name: t.detach().requires_grad_() for name, t in stack.params.items()}
-    x = parts[members[0]][1]
     hooks = {m: m.batching[0]._student_hooks for m in members}
     paths = list(dict.fromkeys(p for h in hooks.values() if h is not None for p in h.paths))
     # The features the members' methods read, kept inside the batched forward (the students' own hooks
     # see only the first student's module run, and each member gets its slice below).
     reader = FeatureHooks(students[0], paths, "student") if paths else None
-
-    def one(params, buffers, x):
-        logits = functional_call(students[0], (params, buffers), (x,))
-        return logits, reader.take() if reader is not None else {}
-
     try:
-        with warnings.catch_warnings():
-            # adaptive pooling of channels_last maps runs once per student under vmap (torch has no batching
-            # rule for its as_strided_): one small op of the forward, not worth torch's warning on every sweep
-            warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet")
-            logits, feats = vmap(one, in_dims=(0, 0, None), randomness="different")(leaves, stack.buffers, x)
+        logits, feats = stacked_forward(students[0], leaves, stack.buffers, parts[members[0]][1], reader,
+                                        randomness="different")
     finally:
         if reader is not None:
             reader.remove()
@@ -125,7 +131,7 @@ def forward_together(parts: dict) -> dict:
     return results
 
 
-def test_accuracy(distiller, data, speed, evaluate) -> float:
+def accuracy_on_test(distiller, data, speed, evaluate) -> float:
     """The student's test accuracy (`evaluate`, kdrun.training.loop's), or its share of the group's batched
     evaluation: the members' students score the test split in one vmapped forward per batch."""
     member = current()
@@ -138,8 +144,6 @@ def test_accuracy(distiller, data, speed, evaluate) -> float:
 
 @torch.no_grad()
 def score_together(parts: dict) -> dict:
-    from torch.func import functional_call, vmap
-
     from kdrun.training.loop import evaluation_batch_size
 
     members = list(parts)
@@ -149,21 +153,16 @@ def score_together(parts: dict) -> dict:
     students = [parts[m][0] for m in members]
     _, data, speed, _ = parts[members[0]]
     stack = stack_of(members, students)
-    modes = [s.training for s in students]
+    was_training = students[0].training
     students[0].eval()  # the batched forward runs its code: batch norms read the stack's running statistics
-
-    def one(params, buffers, x):
-        return functional_call(students[0], (params, buffers), (x,))
-
     correct = torch.zeros(len(stack.students), dtype=torch.long, device=data.device)
     try:
         for _, x, y in data.batches(data.test, evaluation_batch_size(data.device), shuffle=False):
-            with speed.autocast(), warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet")
-                logits = vmap(one, in_dims=(0, 0, None))(stack.params, stack.buffers, speed.batch(x))
+            with speed.autocast():
+                logits, _ = stacked_forward(students[0], stack.params, stack.buffers, speed.batch(x))
             correct += (logits.argmax(-1) == y).sum(-1)
     finally:
-        students[0].train(modes[0])
+        students[0].train(was_training)
     n = max(len(data.test), 1)
     return {m: round(100.0 * correct[stack.students.index(s)].item() / n, 4) for m, s in zip(members, students)}
 
@@ -181,7 +180,7 @@ def backward(loss: torch.Tensor) -> None:
 
 def backward_together(parts: dict) -> dict:
     torch.autograd.backward([loss for loss, _ in parts.values()])
-    for loss, (step, k) in parts.values():
+    for _, (step, k) in parts.values():
         for name, p in step.stack.named_params(k):
             grad = step.leaves[name].grad
             if grad is not None:
@@ -243,4 +242,3 @@ def own_copies(module: nn.Module, state_dict: dict, prefix: str, local_metadata)
         if key.startswith(prefix) and isinstance(value, torch.Tensor) and (
                 value.untyped_storage().nbytes() > value.numel() * value.element_size()):
             state_dict[key] = value.clone()
-

@@ -15,6 +15,7 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from kdrun.data.config import identity_of
+from kdrun.errors import require
 
 RECIPE_KEYS = ("batch_size", "epochs", "augment", "precision", "channels_last", "compile", "cache_teacher")
 PART_NAMES = {"dataset": "dataset config", "data_seed": "data seed (data_seed, or seed when it is null)",
@@ -69,8 +70,6 @@ def pack_key(parts: dict) -> str:
 
 def plan_groups(configs: dict[int, dict], max_members: Optional[int] = None) -> tuple[list[list[int]], dict[int, str]]:
     """Groups of job numbers (two or more each) and, for every other job, why it runs alone."""
-    from kdrun.errors import require
-
     require(max_members is None or (isinstance(max_members, int) and max_members >= 1),
             f"hydra.launcher.max_members is the most jobs one packed group trains together: null (no limit) or "
             f"1 or more, got {max_members!r}.")

@@ -203,7 +203,7 @@ def fit(
             entry = {"stage": stage, "epoch": epoch, "train_loss": round(train_loss, 6),
                      "losses": {k: round(v.item() / n, 6) for k, v in terms.items()},
                      "lr": lr,
-                     "test_acc": packed.test_accuracy(distiller, data, speed, evaluate)}
+                     "test_acc": packed.accuracy_on_test(distiller, data, speed, evaluate)}
             if data.val is not None:
                 entry["val_acc"] = evaluate(distiller.student, data, data.val, speed=speed)
             result.history.append(entry)
