@@ -64,7 +64,7 @@ def main() -> None:
     variants = {"one_by_one": [], "packed": ["hydra/launcher=packed", "hydra.launcher.batch_students=false"]}
     if args.batched or gpu:
         variants["batched"] = ["hydra/launcher=packed", "hydra.launcher.batch_students=true"]
-    for name in variants:
+    for name in [*variants, "teacher_run"]:  # the teacher itself stays in the cache (out/cache) for the next run
         shutil.rmtree(out / name, ignore_errors=True)
     os.environ.setdefault("KDRUN_CACHE_DIR", str(out / "cache"))
     common = ["teacher=wrn40_2", "student=wrn16_2", "method=kd", "dataset=synthetic", "dataset.channels=3",
