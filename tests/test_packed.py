@@ -178,7 +178,8 @@ def test_a_seed_sweep_with_one_data_seed_packs(tmp_path, monkeypatch, capsys):
 def test_sigterm_stops_every_member_and_each_records_it(tmp_path):
     """SIGTERM to a packed group (SLURM's signal before a time limit): the member computing stops at once,
     the others at their next turn; each records `interrupted`, and kdrun -m exits with 143."""
-    args = [*BASE, "dataset.train_size=768", "train.epochs=4", "method.T=1,4"]
+    # 40 epochs: under load, this process may see the first epoch's end late; the group must still be training
+    args = [*BASE, "dataset.train_size=768", "train.epochs=40", "method.T=1,4"]
     out = tmp_path / "packed"
     _, _, process = _start_until_an_epoch_ends(args, out, tmp_path, stdout=subprocess.PIPE,
                                                stderr=subprocess.STDOUT, text=True)
@@ -187,7 +188,7 @@ def test_sigterm_stops_every_member_and_each_records_it(tmp_path):
     assert process.returncode == 143, text[-3000:]
     ended = {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob("*/metrics.json"))}
     assert sorted(ended) == ["0", "1"] and all(m["status"] == "interrupted" for m in ended.values()), ended
-    assert all(len(m["history"]) < 4 for m in ended.values())
+    assert all(len(m["history"]) < 40 for m in ended.values())
 
 
 @pytest.mark.parametrize("args", [
