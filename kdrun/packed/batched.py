@@ -181,7 +181,7 @@ def backward(loss: torch.Tensor) -> None:
 def backward_together(parts: dict) -> dict:
     torch.autograd.backward([loss for loss, _ in parts.values()])
     for _, (step, k) in parts.values():
-        for name, p in step.stack.named_params(k):
+        for name, p in step.stack.students[k].named_parameters():
             grad = step.leaves[name].grad
             if grad is not None:
                 p.grad = grad[k] if p.grad is None else p.grad + grad[k]
@@ -208,9 +208,6 @@ class Stack:
                 student.register_state_dict_post_hook(own_copies)
                 student._kdrun_saves_own_copies = True
 
-    def named_params(self, k: int):
-        return self.students[k].named_parameters()
-
     def holds(self, students: list[nn.Module]) -> bool:
         """Whether the stack is these students' (no other student's batch norms may see their batch), and
         their weights are (still) its views."""
@@ -223,13 +220,11 @@ class Stack:
 def stack_of(members: list, students: list[nn.Module]) -> Stack:
     """The group's stack holding these members' students (built, their weights copied into it, on first need)."""
     group = members[0].group
-    for stack in group.stacks.values():
+    for stack in group.stacks:
         if stack.holds(students):
             return stack
     stack = Stack(students)
-    ids = {id(s) for s in students}
-    group.stacks = {k: s for k, s in group.stacks.items() if not ids & set(k)}  # their old stacks: gone
-    group.stacks[tuple(ids)] = stack
+    group.stacks = [s for s in group.stacks if not set(s.students) & set(students)] + [stack]  # old ones: gone
     log.info("Packed jobs #%s: their %d students train as one batched computation (torch.func.vmap)",
              ", #".join(str(m.number) for m in members), len(members))
     return stack

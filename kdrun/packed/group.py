@@ -88,7 +88,7 @@ class Group:
         self.entries: dict[tuple, Entry] = {}
         self.meetings: dict[Hashable, Meeting] = {}
         self.batch_students = batch_students  # None: on a GPU (kdrun.packed.batched)
-        self.stacks: dict[tuple, Any] = {}  # the students' stacked weights, by the members they hold
+        self.stacks: list = []  # the students' stacked weights (kdrun.packed.batched.Stack), one per set of students
         self.scheduler: Optional[greenlet] = None
         self.stop_signal: Optional[int] = None  # a signal received: members stop at their next turn
         self.halted: Optional[SystemExit] = None  # a member's exit not asked by kdrun (submitit's requeue)
