@@ -102,8 +102,9 @@ def setup() -> bool:
         _env_from_slurm()
     else:
         return False
-    backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
-    if backend == "nccl":
+    # NCCL for CUDA tensors, gloo for CPU ones: the run's device (device=cpu too) is not known yet
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+    if backend != "gloo":
         torch.cuda.set_device(local_gpu())
     # long enough for the others to wait while rank 0 trains a teacher that is not in the cache
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=TIMEOUT_HOURS))
@@ -136,8 +137,14 @@ def local_gpu() -> int:
 
 def place(device: torch.device) -> torch.device:
     """`device=auto` or `cuda` in one of several processes: the process's own GPU."""
-    if joined() and device.type == "cuda" and device.index is None:
-        return torch.device("cuda", local_gpu())
+    if joined() and device.type == "cuda":
+        here, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", 1)), torch.cuda.device_count()
+        if here > gpus:  # NCCL refuses two processes on one GPU ("Duplicate GPU detected"), deep inside DDP
+            raise UserError(f"{here} processes of this run are on this machine, which has {gpus} GPU(s): each "
+                            f"process needs a GPU of its own. Start at most {gpus} (torchrun --nproc-per-node="
+                            f"{gpus}), or train on the CPU (device=cpu).")
+        if device.index is None:
+            return torch.device("cuda", local_gpu())
     return device
 
 

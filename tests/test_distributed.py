@@ -186,3 +186,19 @@ def test_slurm_tasks_make_one_run(monkeypatch):
     distributed._env_from_slurm()
     assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("5", "8", "1")
     assert os.environ["MASTER_ADDR"] == "gpu07" and os.environ["MASTER_PORT"] == str(20000 + 123456 % 20000)
+
+
+def test_more_processes_than_gpus_on_a_machine_are_refused_with_the_fix(monkeypatch):
+    """NCCL cannot run two processes on one GPU; it would fail deep inside DDP's first broadcast."""
+    from kdrun.errors import UserError
+
+    monkeypatch.setattr(distributed, "joined", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(UserError, match=r"2 processes of this run are on this machine, which has 1 GPU\(s\).*"
+                                        r"torchrun --nproc-per-node=1\), or train on the CPU \(device=cpu\)"):
+        distributed.place(torch.device("cuda"))
+    assert distributed.place(torch.device("cpu")) == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert distributed.place(torch.device("cuda")) == torch.device("cuda", 0)

@@ -65,6 +65,10 @@ NOT_RUN = {
                                                                     "reads the offline run files",
     "apt-get install -y chromium": "installs a system package as root (.ci/run does); tests/test_html_report.py uses it",
     "mkdocs serve": "a local web server; the site it serves is built by test_the_site_builds_strictly",
+    "scripts/gpu_check.sh wheels": "downloads wheels from PyPI; test_the_gpu_check_script_runs_what_exists "
+                                   "checks the packages it names are kdrun's",
+    "scripts/gpu_check.sh": "needs a CUDA GPU; test_the_gpu_check_script_runs_what_exists checks its steps",
+    "pytest -m gpu": "needs a CUDA GPU (tests/test_gpu.py, skipped without one)",
     "torchrun --nproc-per-node=4 -m kdrun dataset=cifar100 teacher=resnet56 student=resnet20 method=kd":
         "needs 4 processes and CIFAR-100; tests/test_distributed.py runs torchrun --nproc-per-node=2 -m kdrun",
 }
@@ -514,6 +518,35 @@ def test_benchmark_script_takes_its_arguments(cmd, workspace, monkeypatch):
     monkeypatch.syspath_prepend(str(script.parent))
     with pytest.raises(Parsed):
         runpy.run_path(str(script), run_name="__main__")
+
+
+def test_the_gpu_check_script_runs_what_exists(monkeypatch):
+    """scripts/gpu_check.sh needs a GPU: here its steps' files exist and their options parse, and the packages
+    whose wheels it fetches are installed (it asks for the versions installed)."""
+    import importlib.metadata
+    import shlex
+
+    text = (REPO / "scripts" / "gpu_check.sh").read_text().replace("\\\n", " ")
+    steps = [shlex.split(line)[3:] for line in text.splitlines() if line.startswith("step ")]
+    assert [s[:4] for s in steps if s[:2] == ["python3", "-m"]] == [["python3", "-m", "pytest", "tests/test_gpu.py"]]
+    assert (REPO / "tests" / "test_gpu.py").is_file()
+    scripts = [s for s in steps if s[0] == "python3" and s[1].startswith("scripts/")]
+    assert [s[1] for s in scripts] == ["scripts/bench.py", "scripts/bench_sweep.py", "scripts/bench_sweep.py"]
+    real = argparse.ArgumentParser.parse_args
+
+    def parse_only(self, args=None, namespace=None):
+        raise Parsed(real(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_only)
+    for argv in scripts:
+        monkeypatch.setattr(sys, "argv", argv[1:])
+        with pytest.raises(Parsed) as parsed:
+            runpy.run_path(str(REPO / argv[1]), run_name="__main__")
+        assert parsed.value.args[0].device == "cuda"
+    fetched = re.findall(r'"([\w-]+)==\$\(version [\w-]+\)"', text)
+    assert sorted(fetched) == ["antlr4-python3-runtime", "greenlet", "hydra-core", "omegaconf", "rich"]
+    for name in fetched:
+        importlib.metadata.version(name)
 
 
 REPRODUCE_OPTIONS = {"--smoke", "--out", "--seeds", "--teacher-seed", "--help", "-h"}

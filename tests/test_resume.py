@@ -194,3 +194,15 @@ def test_signal_handlers_are_installed_for_the_run_only_and_submitit_keeps_sigte
     with interrupts_raise():
         assert signal.getsignal(signal.SIGTERM) == before[0]
         assert signal.getsignal(signal.SIGINT) != before[1]
+
+
+def test_a_saved_state_dict_keeps_its_module_versions_and_containers(tmp_path):
+    """save_torch writes CPU tensors (tests/test_gpu.py loads a GPU run's files without CUDA); the copy it
+    makes keeps a state dict's `_metadata`, which load_state_dict reads to upgrade old files."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    state = model.state_dict()
+    save_torch(tmp_path / "m.pt", {"state_dict": state, "rng": [torch.get_rng_state()], "epoch": 3, "t": (1, 2)})
+    back = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert back["state_dict"]._metadata == state._metadata and back["state_dict"]._metadata["1"]["version"] == 2
+    assert back["epoch"] == 3 and back["t"] == (1, 2) and torch.equal(back["rng"][0], torch.get_rng_state())
+    assert all(torch.equal(back["state_dict"][k], v) for k, v in state.items())

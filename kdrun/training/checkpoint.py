@@ -62,7 +62,24 @@ def unwritable(path: Path, e: OSError) -> UserError:
 
 
 def save_torch(path: Path, obj) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f))
+    """Tensors are written as CPU tensors: a file a GPU run wrote loads with a plain torch.load on a machine
+    without one."""
+    atomic_write(path, lambda f: torch.save(on_cpu(obj), f))
+
+
+def on_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        copy = obj.copy()  # its own type (an OrderedDict, a defaultdict)
+        for k, v in obj.items():
+            copy[k] = on_cpu(v)
+        if hasattr(obj, "_metadata"):  # a state dict's module versions, which load_state_dict reads
+            copy._metadata = obj._metadata
+        return copy
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        return type(obj)(on_cpu(v) for v in obj)
+    return obj
 
 
 def save_json(path: Path, obj) -> None:
