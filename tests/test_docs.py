@@ -507,17 +507,22 @@ def test_benchmark_script_takes_its_arguments(cmd, workspace, monkeypatch):
     """The benchmarks run for minutes: their arguments are parsed by the script's own parser, then it stops
     (tests/test_speed.py::test_bench_script_runs_both_loops runs scripts/bench.py on a tiny model)."""
     _, argv = shell_words(cmd.text, workspace.parent / "home")
-    script = REPO / argv[1]
+    parsed_arguments(REPO / argv[1], argv[2:], monkeypatch)
+
+
+def parsed_arguments(script: Path, args: list[str], monkeypatch) -> argparse.Namespace:
+    """What the script's own parser makes of `args`; the script stops there."""
     real = argparse.ArgumentParser.parse_args
 
     def parse_only(self, args=None, namespace=None):
         raise Parsed(real(self, args, namespace))
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_only)
-    monkeypatch.setattr(sys, "argv", [str(script), *argv[2:]])
+    monkeypatch.setattr(sys, "argv", [str(script), *args])
     monkeypatch.syspath_prepend(str(script.parent))
-    with pytest.raises(Parsed):
+    with pytest.raises(Parsed) as parsed:
         runpy.run_path(str(script), run_name="__main__")
+    return parsed.value.args[0]
 
 
 def test_the_gpu_check_script_runs_what_exists(monkeypatch):
@@ -532,17 +537,8 @@ def test_the_gpu_check_script_runs_what_exists(monkeypatch):
     assert (REPO / "tests" / "test_gpu.py").is_file()
     scripts = [s for s in steps if s[0] == "python3" and s[1].startswith("scripts/")]
     assert [s[1] for s in scripts] == ["scripts/bench.py", "scripts/bench_sweep.py", "scripts/bench_sweep.py"]
-    real = argparse.ArgumentParser.parse_args
-
-    def parse_only(self, args=None, namespace=None):
-        raise Parsed(real(self, args, namespace))
-
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_only)
     for argv in scripts:
-        monkeypatch.setattr(sys, "argv", argv[1:])
-        with pytest.raises(Parsed) as parsed:
-            runpy.run_path(str(REPO / argv[1]), run_name="__main__")
-        assert parsed.value.args[0].device == "cuda"
+        assert parsed_arguments(REPO / argv[1], argv[2:], monkeypatch).device == "cuda"
     fetched = re.findall(r'"([\w-]+)==\$\(version [\w-]+\)"', text)
     assert sorted(fetched) == ["antlr4-python3-runtime", "greenlet", "hydra-core", "omegaconf", "rich"]
     for name in fetched:

@@ -64,7 +64,9 @@ def assert_same_runs(alone: Path, packed: Path) -> None:
     ["method=dkd", "method.beta=1,4"],
     # CRD: per-member negatives (the global generator) and the teacher's embedding read through a hook
     ["method=crd", "method.nce_k=8", "method.feat_dim=8", "method.beta=0.5,0.8"],
-], ids=["kd", "kd_grid", "dkd", "crd"])
+    # a feature method (in one stage: RepDistiller's): hint layers read through hooks, a regressor per member
+    ["method=fitnet", "schedule=single", "method.beta=50,100"],
+], ids=["kd", "kd_grid", "dkd", "crd", "fitnet"])
 def test_packed_members_equal_their_runs_alone(args, tmp_path, monkeypatch, capsys):
     text, alone, packed = alone_then_packed(args, tmp_path, monkeypatch, capsys)
     assert "packed together: #0, #1" in text
