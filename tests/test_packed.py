@@ -310,6 +310,29 @@ def test_which_methods_batch_their_students(name, batches):
     assert not batchable(Group(), distiller, params, cpu, name, distiller.forward_train)  # null: on a GPU only
 
 
+def test_an_older_pytorch_than_batching_was_checked_on_takes_turns(monkeypatch, caplog):
+    """On torch 2.6.0 batched channels_last students (but the first) trained other weights than alone."""
+    import kdrun.packed.batched as batched
+    from kdrun.data.base import DataInfo
+    from kdrun.methods import build_method
+    from kdrun.models.mlp import MLP
+    from kdrun.packed.group import Group
+
+    from conftest import compose_config
+
+    distiller = build_method(compose_config(["method=kd"]).method, MLP(3, 1, (4, 4), hidden=[8]),
+                             MLP(3, 1, (4, 4), hidden=[8]), DataInfo(channels=1, image_size=(4, 4), num_classes=3))
+    params = [p for p in distiller.parameters() if p.requires_grad]
+    args = (distiller, params, torch.device("cpu"), "kd", distiller.forward_train)
+    assert batched.batchable(Group(batch_students=True), *args)
+    monkeypatch.setattr(torch, "__version__", torch.torch_version.TorchVersion("2.6.0+cu124"))
+    assert torch.__version__ < batched.CHECKED_TORCH
+    with caplog.at_level("WARNING", logger=batched.__name__):
+        assert not batched.batchable(Group(batch_students=True), *args)
+    assert "this PyTorch (2.6.0+cu124) is older than 2.11, on which batched students were checked, so the " \
+           "students take turns. Upgrade PyTorch to batch them." in caplog.text
+
+
 def test_a_group_size_below_one_is_refused_and_the_advice_works(tmp_path, monkeypatch, capsys):
     args = ["method.T=1,4", "train.epochs=1"]
     code, text, out = sweep([*args, "hydra.launcher.max_members=0"], tmp_path, monkeypatch, capsys, "S", packed=True)
