@@ -63,6 +63,15 @@ def run_dirs(root: Path) -> list[Path]:
     return sorted(p.parent for p in Path(root).rglob("metrics.json"))
 
 
+def read_toml(text: str) -> dict:
+    """tomllib (Python 3.11+), or its backport tomli (the dev extra installs it on 3.10)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        import tomli as tomllib
+    return tomllib.loads(text)
+
+
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 

@@ -15,13 +15,13 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
 from PIL import Image
 
+from conftest import read_toml
 from kdrun.results.html import NO_MATPLOTLIB, PAGE
 from kdrun.results.report import main as report_main
 from kdrun.results.selection import describe
@@ -156,7 +156,7 @@ def test_without_matplotlib_the_page_has_the_tables_and_says_how_to_get_the_plot
     page = (sweep / PAGE).read_text(encoding="utf-8")
     assert "<img" not in page and html.escape(NO_MATPLOTLIB) in page and "<td>0.9</td>" in page
     # The advice holds: the plot extra installs matplotlib, and with it the same command embeds the plots.
-    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    extras = read_toml((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(req.startswith("matplotlib") for req in extras["plot"])
     assert 'pip install -e ".[plot]"' in NO_MATPLOTLIB
     report_main([str(sweep), "--html", "--pivot", "method.T", "method.alpha"])

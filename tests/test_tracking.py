@@ -268,11 +268,11 @@ def test_a_tracker_that_cannot_start_stops_the_run_before_any_training(tmp_path,
 
 def test_the_pip_extras_install_the_trackers_packages():
     """The refusal's advice holds: each extra it names lists the package, and CI's dev extra has them all."""
-    import tomllib
+    from conftest import read_toml
 
     from kdrun.tracking import TRACKERS
 
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    project = read_toml((REPO / "pyproject.toml").read_text())
     extras = project["project"]["optional-dependencies"]
     for name in TRACKERS:
         kind = TRACKERS.get(name)
