@@ -327,8 +327,11 @@ def test_an_older_pytorch_than_batching_was_checked_on_takes_turns(monkeypatch, 
     assert batched.batchable(Group(batch_students=True), *args)
     monkeypatch.setattr(torch, "__version__", torch.torch_version.TorchVersion("2.6.0+cu124"))
     assert torch.__version__ < batched.CHECKED_TORCH
+    batched.say_too_old.cache_clear()
     with caplog.at_level("WARNING", logger=batched.__name__):
         assert not batched.batchable(Group(batch_students=True), *args)
+        assert not batched.batchable(Group(batch_students=True), *args)
+    assert caplog.text.count("older than") == 1  # said once, not once per member
     assert "this PyTorch (2.6.0+cu124) is older than 2.11, on which batched students were checked, so the " \
            "students take turns. Upgrade PyTorch to batch them." in caplog.text
 

@@ -21,6 +21,7 @@ student but the first other weights (6.9e-3 apart after 4 steps, where 2.11 and 
 """
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from dataclasses import dataclass
@@ -51,9 +52,7 @@ def batchable(group: Group, distiller, params: list, device: torch.device, stage
     on = group.batch_students if group.batch_students is not None else device.type == "cuda"
     if on and torch.__version__ < CHECKED_TORCH:
         if group.batch_students:
-            log.warning("hydra.launcher.batch_students=true: this PyTorch (%s) is older than %s, on which "
-                        "batched students were checked, so the students take turns. Upgrade PyTorch to batch "
-                        "them.", torch.__version__, CHECKED_TORCH)
+            say_too_old(str(torch.__version__))
         return False
     student = distiller.student
     trainable = [p for p in student.parameters() if p.requires_grad]
@@ -68,6 +67,14 @@ def batchable(group: Group, distiller, params: list, device: torch.device, stage
         and {id(p) for p in trainable} <= {id(p) for p in params}  # the whole student trains (its heads may too)
         and not any(m._forward_pre_hooks for m in student.modules())
         and sum(len(m._forward_hooks) for m in student.modules()) == own_hooks)  # the method's feature hooks
+
+
+@functools.lru_cache(maxsize=None)
+def say_too_old(version: str) -> None:
+    """Once (not once per member and stage)."""
+    log.warning("hydra.launcher.batch_students=true: this PyTorch (%s) is older than %s, on which batched "
+                "students were checked, so the students take turns. Upgrade PyTorch to batch them.", version,
+                CHECKED_TORCH)
 
 
 def architecture(student: nn.Module) -> tuple:
