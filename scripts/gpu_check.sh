@@ -14,6 +14,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
+if [ $# -gt 1 ] || { [ $# -eq 1 ] && [ "$1" != wheels ]; }; then
+    echo "usage: scripts/gpu_check.sh [wheels]   (no argument: the GPU checks; wheels: fetch the packages first)" >&2
+    exit 2
+fi
 if [ "${1:-}" = wheels ]; then  # Python 3.12 on x86-64 Linux; the versions installed here
     set -e
     version() { python3 -c "import importlib.metadata as m; print(m.version('$1'))"; }
