@@ -208,6 +208,10 @@ def test_batched_students_agree_with_their_runs_alone(args, tmp_path, monkeypatc
 
 BATCHING = ["ab", "at", "cc", "ce", "darkrank", "fitnet", "fsp", "ft", "fullact", "nst", "ofd", "pkt",
             "reviewkd", "rkd", "sp", "vid"]  # and kd, dkd, crd above
+# AT at its beta of 1000 on these 8x8 maps amplifies rounding: two runs alone that differ only in memory format
+# end 0.067 apart in a weight after 4 steps (torch 2.6); at 100 they agree to 2e-6, and its term (5.6) still
+# outweighs the cross-entropy (2.3).
+STEADY = {"at": ["method.beta=100"]}
 
 
 @pytest.mark.slow
@@ -217,7 +221,8 @@ def test_every_method_batches_as_it_runs_alone(name, tmp_path, monkeypatch, caps
     batched end within rounding (amplified by some losses: darkrank's, nst's) of their runs alone."""
     base = [a for a in BASE if not a.startswith(("student.", "teacher"))] + [
         "student=resnet8", "teacher=resnet8", "teacher.train.epochs=1", "teacher.train.batch_size=16"]
-    args = [f"method={name}", "seed=0,1", "data_seed=0", "teacher.seed=0", "schedule=single", "train.epochs=1"]
+    args = [f"method={name}", *STEADY.get(name, []), "seed=0,1", "data_seed=0", "teacher.seed=0", "schedule=single",
+            "train.epochs=1"]
     assert_batched_as_alone(args, base, tmp_path, monkeypatch, capsys, atol=5e-3)
 
 
