@@ -143,6 +143,10 @@ def place(device: torch.device) -> torch.device:
             raise UserError(f"{here} processes of this run are on this machine, which has {gpus} GPU(s): each "
                             f"process needs a GPU of its own. Start at most {gpus} (torchrun --nproc-per-node="
                             f"{gpus}), or train on the CPU (device=cpu).")
+        if device.index is not None and here > 1:  # torchrun shows every process every GPU
+            raise UserError(f"device={device} names one GPU for all {here} processes of this run on this machine, "
+                            f"and each process needs a GPU of its own. Use device=cuda (or auto): each process "
+                            f"takes the GPU of its local rank.")
         if device.index is None:
             return torch.device("cuda", local_gpu())
     return device

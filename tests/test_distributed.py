@@ -202,3 +202,17 @@ def test_more_processes_than_gpus_on_a_machine_are_refused_with_the_fix(monkeypa
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert distributed.place(torch.device("cuda")) == torch.device("cuda", 0)
+    assert distributed.place(torch.device("cuda", 0)) == torch.device("cuda", 0)  # e.g. SLURM: a GPU per task
+
+
+def test_one_gpu_named_for_every_process_is_refused_and_the_advice_works(monkeypatch):
+    from kdrun.errors import UserError
+
+    monkeypatch.setattr(distributed, "joined", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(UserError, match=r"device=cuda:0 names one GPU for all 2 processes .* Use device=cuda \(or "
+                                        r"auto\): each process takes the GPU of its local rank"):
+        distributed.place(torch.device("cuda", 0))
+    assert distributed.place(torch.device("cuda")) == torch.device("cuda", 1)  # the advice
