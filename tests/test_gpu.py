@@ -92,17 +92,14 @@ def test_fp32_on_the_gpu_trains_what_the_cpu_trains(tmp_path, monkeypatch, capsy
 def test_a_gpu_run_killed_mid_epoch_resumes_with_its_cuda_random_state(tmp_path, monkeypatch, capsys):
     """The student has dropout, whose masks come from the CUDA generator: a resumed run that did not restore
     it would train on other masks from epoch 2 on."""
-    from test_resume import MID_EPOCH_2, RUN, wait_for_pause
+    from test_resume import RUN, start_paused
 
     run_args = [a for a in RUN if a != "device=cpu"] + ["device=cuda", "train.precision=fp32"]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(REPO / "tests")]))
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
+           "KDRUN_CACHE_DIR": os.environ["KDRUN_CACHE_DIR"]}  # the faulty student; this test's teacher cache
+    monkeypatch.setenv("PYTHONPATH", env["PYTHONPATH"])
     kdrun_ok([*run_args, f"hydra.run.dir={tmp_path / 'reference'}"], tmp_path, monkeypatch, capsys)
-    run_dir, marker = tmp_path / "run", tmp_path / "paused"
-    args = [*run_args, f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen([sys.executable, "-m", "kdrun", *args], cwd=tmp_path, text=True,
-                            env={**os.environ, "KDRUN_TEST_PAUSE": f"{MID_EPOCH_2}:{marker}"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    wait_for_pause(marker, proc)
+    run_dir, args, proc = start_paused({"env": env}, tmp_path, run=run_args)
     proc.kill()
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL

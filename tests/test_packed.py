@@ -298,37 +298,36 @@ def test_a_meeting_that_fails_fails_every_member_at_it():
 def test_which_methods_batch_their_students(name, batches):
     """Methods that run the whole student once per step on the batch (features read through hooks; heads
     of their own): not those with input gradients or a strong view of their own."""
+    from kdrun.packed.batched import batchable
+    from kdrun.packed.group import Group
+
+    small = ["method.nce_k=8", "method.feat_dim=8", "method.negatives=uniform"] if name == "crd" else []
+    args = small_distiller_stage(name, small)
+    assert batchable(Group(batch_students=True), *args) is batches
+    assert not batchable(Group(), *args)  # null: on a GPU only
+
+
+def small_distiller_stage(name: str, overrides=()) -> tuple:
+    """batchable's arguments after the group: method `name` over two tiny MLPs, its trained parameters, the CPU,
+    the stage's name and forward."""
     from conftest import compose_config
     from kdrun.data.base import DataInfo
     from kdrun.methods import build_method
     from kdrun.models.mlp import MLP
-    from kdrun.packed.batched import batchable
-    from kdrun.packed.group import Group
 
     info = DataInfo(channels=1, image_size=(4, 4), num_classes=3, train_size=16)
-    small = ["method.nce_k=8", "method.feat_dim=8", "method.negatives=uniform"] if name == "crd" else []
-    cfg = compose_config([f"method={name}", *small])
-    distiller = build_method(cfg.method, MLP(3, 1, (4, 4), hidden=[8]), MLP(3, 1, (4, 4), hidden=[8]), info)
+    distiller = build_method(compose_config([f"method={name}", *overrides]).method, MLP(3, 1, (4, 4), hidden=[8]),
+                             MLP(3, 1, (4, 4), hidden=[8]), info)
     params = [p for p in distiller.parameters() if p.requires_grad]
-    cpu = torch.device("cpu")
-    assert batchable(Group(batch_students=True), distiller, params, cpu, name, distiller.forward_train) is batches
-    assert not batchable(Group(), distiller, params, cpu, name, distiller.forward_train)  # null: on a GPU only
+    return distiller, params, torch.device("cpu"), name, distiller.forward_train
 
 
 def test_an_older_pytorch_than_batching_was_checked_on_takes_turns(monkeypatch, caplog):
     """On torch 2.6.0 batched channels_last students (but the first) trained other weights than alone."""
     import kdrun.packed.batched as batched
-    from kdrun.data.base import DataInfo
-    from kdrun.methods import build_method
-    from kdrun.models.mlp import MLP
     from kdrun.packed.group import Group
 
-    from conftest import compose_config
-
-    distiller = build_method(compose_config(["method=kd"]).method, MLP(3, 1, (4, 4), hidden=[8]),
-                             MLP(3, 1, (4, 4), hidden=[8]), DataInfo(channels=1, image_size=(4, 4), num_classes=3))
-    params = [p for p in distiller.parameters() if p.requires_grad]
-    args = (distiller, params, torch.device("cpu"), "kd", distiller.forward_train)
+    args = small_distiller_stage("kd")
     assert batched.batchable(Group(batch_students=True), *args)
     monkeypatch.setattr(torch, "__version__", torch.torch_version.TorchVersion("2.6.0+cu124"))
     assert torch.__version__ < batched.CHECKED_TORCH

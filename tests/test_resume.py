@@ -48,10 +48,10 @@ def reference(tmp_path_factory, monkeypatch, capsys):
     return _reference
 
 
-def start_paused(reference, tmp_path):
-    """The reference command into tmp_path/run, in a child process that waits in the middle of epoch 2."""
+def start_paused(reference, tmp_path, run=tuple(RUN)):
+    """The reference command (or `run`) into tmp_path/run, in a child process that waits in the middle of epoch 2."""
     run_dir, marker = tmp_path / "run", tmp_path / "paused"
-    args, env = [*RUN, f"hydra.run.dir={run_dir}"], {**reference["env"], "KDRUN_TEST_PAUSE": f"{MID_EPOCH_2}:{marker}"}
+    args, env = [*run, f"hydra.run.dir={run_dir}"], {**reference["env"], "KDRUN_TEST_PAUSE": f"{MID_EPOCH_2}:{marker}"}
     proc = subprocess.Popen([sys.executable, "-m", "kdrun", *args], cwd=tmp_path, env={**os.environ, **env},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for_pause(marker, proc)
